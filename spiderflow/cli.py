@@ -1,0 +1,76 @@
+"""The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.run`.
+
+Settings are resolved once here (flag > ``SPIDERFLOW_*`` environment > ``-c`` config
+file > defaults) into a frozen :class:`~spiderflow.settings.Settings` that is passed down;
+nothing below the CLI reads the environment. Logging handlers are installed here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .exceptions import SpiderflowError, redact_url
+from .settings import Settings, settings_from_environ
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "[%(levelname).1s %(asctime)s %(process)d %(name)s] %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    """Install one stderr handler on the root logger (CLI and bench only)."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def get_settings(ctx: click.Context, **overrides: Any) -> Settings:
+    """Resolve the settings for a command: its flags over the group's config file and env."""
+    obj = ctx.find_root().obj or {}
+    try:
+        return settings_from_environ(obj.get("config"), **{**obj.get("overrides", {}), **overrides})
+    except SpiderflowError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
+@click.version_option(__version__, "-V", "--version", prog_name="spiderflow")
+@click.option("-c", "--config", type=click.Path(dir_okay=False), default=None,
+              help="JSON (or .toml) file of settings; flags and SPIDERFLOW_* variables override it.")
+@click.option("--data-dir", default=None, help="Directory of the default sqlite databases and counters [./data].")
+@click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Log level [INFO].")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, data_dir: str | None, log_level: str | None) -> None:
+    """spiderflow: a crawl pipeline of scheduler, fetchers, processors and result workers.
+
+    Projects are Python scripts; components are linked by bounded queues and run in one
+    process, on one machine, or across many.
+    """
+    ctx.obj = {"config": config, "overrides": {"data_dir": data_dir, "log_level": log_level}}
+    settings = get_settings(ctx)
+    setup_logging(settings.log_level)
+
+
+@main.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """Print the resolved settings as JSON (passwords and tokens hidden)."""
+    settings = get_settings(ctx)
+    data = dataclasses.asdict(settings)
+    for secret in ("password", "token", "scheduler_token"):
+        if data.get(secret):
+            data[secret] = "***"
+    for url_key in ("taskdb", "projectdb", "resultdb", "queue", "proxy"):
+        if data.get(url_key):
+            data[url_key] = redact_url(data[url_key])
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

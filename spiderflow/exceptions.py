@@ -1,0 +1,95 @@
+"""Every exception spiderflow raises, in one tree.
+
+::
+
+    SpiderflowError
+    ├── ConfigError                  bad settings, config file, option or URL
+    │   └── UnknownSchemeError       a queue or database URL with a scheme we do not know
+    ├── InvalidProjectName           a project name that is not [A-Za-z0-9_-], 1-64 chars
+    ├── SerializationError           bytes that are not a spiderflow message, or fields of the wrong type
+    ├── QueueError
+    │   ├── QueueEmpty               get_nowait() / get(timeout) found nothing (also a queue.Empty)
+    │   ├── QueueFull                put_nowait() / put(timeout) found no room (also a queue.Full)
+    │   └── QueueClosed              the queue was closed
+    ├── StorageError                 a database operation failed
+    │   └── SchemaVersionError       the database was written by a newer spiderflow
+    └── ScriptError                  a project script failed to compile or load
+
+Errors that cross a stage boundary (a failed fetch, a callback that raised) are not
+exceptions: they become data (a FetchResult with status 599, a track with the traceback).
+"""
+
+from __future__ import annotations
+
+import queue
+
+
+class SpiderflowError(Exception):
+    """Base class of every spiderflow error."""
+
+
+class ConfigError(SpiderflowError, ValueError):
+    """A setting, config file, command-line option or URL is wrong."""
+
+
+class UnknownSchemeError(ConfigError):
+    """A URL names a backend scheme that spiderflow does not know."""
+
+    def __init__(self, url: str, kind: str, known: list[str]):
+        self.url = url
+        self.kind = kind
+        self.known = sorted(known)
+        scheme = url.split("://", 1)[0] if "://" in url else url
+        super().__init__(
+            f"unknown {kind} scheme {scheme!r} in {redact_url(url)!r}; "
+            f"known schemes: {', '.join(self.known)}"
+        )
+
+
+class InvalidProjectName(SpiderflowError, ValueError):
+    """A project name is not made of letters, digits, '_' and '-' (1-64 characters)."""
+
+
+class SerializationError(SpiderflowError, ValueError):
+    """Bytes or a dict could not be turned into a spiderflow message."""
+
+
+class QueueError(SpiderflowError):
+    """Base class of queue errors."""
+
+
+class QueueEmpty(QueueError, queue.Empty):
+    """No message arrived in time."""
+
+
+class QueueFull(QueueError, queue.Full):
+    """The bounded queue had no room in time."""
+
+
+class QueueClosed(QueueError):
+    """The queue has been closed."""
+
+
+class StorageError(SpiderflowError):
+    """A database operation failed."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema is newer than this spiderflow understands."""
+
+
+class ScriptError(SpiderflowError):
+    """A project script failed to compile or load."""
+
+
+def redact_url(url: str) -> str:
+    """Return *url* with any password replaced by '***', for logs and error texts."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    netloc, slash, path = rest.partition("/")
+    userinfo, _, hostport = netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if colon:
+        userinfo = f"{user}:***"
+    return f"{scheme}://{userinfo}@{hostport}{slash}{path}"

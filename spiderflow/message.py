@@ -1,0 +1,470 @@
+"""Every message that crosses a queue: Task, FetchResult, StatusPack, ResultPack.
+
+Messages are dataclasses with ``to_dict()`` / ``from_dict()``; ``pack()`` and ``unpack()``
+turn them into msgpack bytes with a type tag and a schema version. This is the only module
+that imports msgpack. ``from_dict`` checks field types, so a foreign or corrupt payload
+raises :class:`~spiderflow.exceptions.SerializationError` instead of travelling on.
+
+A fetcher→processor message is the tuple ``(Task, FetchResult)``; ``pack`` accepts a tuple
+of messages and ``unpack`` gives the tuple back.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from .exceptions import InvalidProjectName, SerializationError
+
+SCHEMA_VERSION = 1
+
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+
+
+class TaskStatus(str, enum.Enum):
+    ACTIVE = "ACTIVE"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    BAD = "BAD"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ProjectStatus(str, enum.Enum):
+    TODO = "TODO"
+    STOP = "STOP"
+    CHECKING = "CHECKING"
+    DEBUG = "DEBUG"
+    RUNNING = "RUNNING"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def schedulable(self) -> bool:
+        """Only DEBUG and RUNNING projects get tasks scheduled."""
+        return self in (ProjectStatus.DEBUG, ProjectStatus.RUNNING)
+
+
+def validate_project_name(name: object) -> str:
+    """Return *name* if it is a valid project name, else raise InvalidProjectName."""
+    if not isinstance(name, str) or not _PROJECT_NAME.fullmatch(name):
+        raise InvalidProjectName(
+            f"invalid project name {name!r}: use 1-64 letters, digits, '_' or '-', "
+            "not starting with '-'"
+        )
+    return name
+
+
+def md5_taskid(url: str) -> str:
+    """The default task id: the md5 hex digest of the URL."""
+    return hashlib.md5(url.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# field checking
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+_OPT_NUM = (int, float, type(None))
+_ANY = object
+
+
+def _check(cls_name: str, name: str, value: Any, types: Any) -> None:
+    if types is _ANY:
+        return
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _flatten(types)):
+        raise SerializationError(
+            f"{cls_name}.{name} must be {_type_names(types)}, not {type(value).__name__} ({value!r:.80})"
+        )
+
+
+def _flatten(types: Any) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _type_names(types: Any) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in _flatten(types))
+
+
+class _Message:
+    """Shared to_dict/from_dict for the message dataclasses.
+
+    Each subclass lists ``_types``: field name → accepted types (``_ANY`` for anything
+    msgpack can carry). Nested message fields are named in ``_nested``.
+    """
+
+    __slots__ = ()
+    _types: ClassVar[dict[str, Any]] = {}
+    _nested: ClassVar[dict[str, type]] = {}
+    _required: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self._types:
+            value = getattr(self, name)
+            if name in self._nested and value is not None:
+                value = value.to_dict()
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any):
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise SerializationError(f"{cls.__name__} must be a dict, not {type(data).__name__}")
+        for name in cls._required:
+            if data.get(name) is None:
+                raise SerializationError(f"{cls.__name__} is missing required field {name!r}")
+        kwargs: dict[str, Any] = {}
+        types = cls._types
+        for name, value in data.items():
+            if name not in types:
+                continue  # unknown keys from a newer schema are ignored
+            if name in cls._nested:
+                if value is None:
+                    continue
+                value = cls._nested[name].from_dict(value)
+            else:
+                _check(cls.__name__, name, value, types[name])
+            kwargs[name] = value
+        try:
+            obj = cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"bad {cls.__name__}: {exc}") from exc
+        obj._post_decode()
+        return obj
+
+    def _post_decode(self) -> None:
+        """Hook for enum conversion and cross-field checks after from_dict."""
+
+
+@dataclass(slots=True)
+class Schedule(_Message):
+    """How and when the scheduler runs a task."""
+
+    priority: int = 0
+    retries: int = 3
+    retried: int = 0
+    exetime: float = 0.0
+    age: float = -1
+    itag: str | None = None
+    force_update: bool = False
+    auto_recrawl: bool = False
+    cancel: bool = False
+
+    _types: ClassVar[dict[str, Any]] = {
+        "priority": int, "retries": int, "retried": int, "exetime": _NUM, "age": _NUM,
+        "itag": _OPT_STR, "force_update": bool, "auto_recrawl": bool, "cancel": bool,
+    }
+
+
+@dataclass(slots=True)
+class Fetch(_Message):
+    """What the fetcher does for a task (the self.crawl fetch options).
+
+    ``None`` means "use the fetcher's default". ``proxy=False`` turns the default proxy off;
+    ``etag=True`` / ``last_modified=True`` reuse the values of the previous fetch's track.
+    """
+
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] | None = None
+    data: bytes | str | dict | None = None
+    files: dict[str, Any] | None = None
+    cookies: dict[str, str] = field(default_factory=dict)
+    user_agent: str | None = None
+    timeout: float | None = None
+    connect_timeout: float | None = None
+    allow_redirects: bool = True
+    max_redirects: int = 5
+    validate_cert: bool = True
+    proxy: str | bool | None = None
+    etag: str | bool = True
+    last_modified: str | bool = True
+    use_gzip: bool = True
+    robots_txt: bool = False
+    fetch_type: str | None = None
+    save: Any = None
+
+    _types: ClassVar[dict[str, Any]] = {
+        "method": str, "headers": dict, "params": (dict, type(None)),
+        "data": (bytes, str, dict, type(None)), "files": (dict, type(None)), "cookies": dict,
+        "user_agent": _OPT_STR, "timeout": _OPT_NUM, "connect_timeout": _OPT_NUM,
+        "allow_redirects": bool, "max_redirects": int, "validate_cert": bool,
+        "proxy": (str, bool, type(None)), "etag": (str, bool), "last_modified": (str, bool),
+        "use_gzip": bool, "robots_txt": bool, "fetch_type": _OPT_STR, "save": _ANY,
+    }
+
+
+@dataclass(slots=True)
+class Process(_Message):
+    """Which callback handles the fetched page, and how long it may run."""
+
+    callback: str | None = None
+    time_limit: float | None = None
+
+    _types: ClassVar[dict[str, Any]] = {"callback": _OPT_STR, "time_limit": _OPT_NUM}
+
+
+@dataclass(slots=True)
+class Track(_Message):
+    """What the last fetch and process reported (filled by the processor's status pack).
+
+    ``fetch``: ok, status_code, time, error, headers of note (etag, last_modified), encoding.
+    ``process``: ok, time, follows, logs (tail), exception (with traceback), result summary.
+    """
+
+    fetch: dict[str, Any] = field(default_factory=dict)
+    process: dict[str, Any] = field(default_factory=dict)
+
+    _types: ClassVar[dict[str, Any]] = {"fetch": dict, "process": dict}
+
+
+@dataclass(slots=True)
+class Task(_Message):
+    """One URL of one project, with everything needed to fetch, process and reschedule it."""
+
+    taskid: str
+    project: str
+    url: str
+    status: TaskStatus = TaskStatus.ACTIVE
+    schedule: Schedule = field(default_factory=Schedule)
+    fetch: Fetch = field(default_factory=Fetch)
+    process: Process = field(default_factory=Process)
+    track: Track = field(default_factory=Track)
+    lastcrawltime: float | None = None
+    updatetime: float = 0.0
+
+    _types: ClassVar[dict[str, Any]] = {
+        "taskid": str, "project": str, "url": str, "status": str,
+        "schedule": Schedule, "fetch": Fetch, "process": Process, "track": Track,
+        "lastcrawltime": _OPT_NUM, "updatetime": _NUM,
+    }
+    _nested: ClassVar[dict[str, type]] = {
+        "schedule": Schedule, "fetch": Fetch, "process": Process, "track": Track,
+    }
+    _required: ClassVar[tuple[str, ...]] = ("project", "url")
+
+    @classmethod
+    def create(cls, project: str, url: str, taskid: str | None = None, **parts: Any) -> Task:
+        """Build a new ACTIVE task; the task id defaults to md5(url)."""
+        validate_project_name(project)
+        return cls(taskid=taskid or md5_taskid(url), project=project, url=url,
+                   updatetime=time.time(), **parts)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Task:
+        if isinstance(data, dict) and data.get("taskid") is None and isinstance(data.get("url"), str):
+            data = {**data, "taskid": md5_taskid(data["url"])}
+        return _Message.from_dict.__func__(cls, data)  # slots=True classes break zero-arg super()
+
+    def _post_decode(self) -> None:
+        validate_project_name(self.project)
+        try:
+            self.status = TaskStatus(self.status)
+        except ValueError:
+            raise SerializationError(f"Task.status {self.status!r} is not one of "
+                                     f"{[s.value for s in TaskStatus]}") from None
+
+    def copy(self) -> Task:
+        """A deep copy (nested parts are copied too)."""
+        return Task.from_dict(_deepcopy_dict(self.to_dict()))
+
+
+@dataclass(slots=True)
+class FetchResult(_Message):
+    """What the fetcher got for a task. Failures are status 599 (or the right code) with ``error``."""
+
+    status_code: int
+    url: str
+    orig_url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes = b""
+    cookies: dict[str, str] = field(default_factory=dict)
+    time: float = 0.0
+    error: str | None = None
+    save: Any = None
+    truncated: bool = False
+
+    _types: ClassVar[dict[str, Any]] = {
+        "status_code": int, "url": str, "orig_url": str, "headers": dict, "content": bytes,
+        "cookies": dict, "time": _NUM, "error": _OPT_STR, "save": _ANY, "truncated": bool,
+    }
+    _required: ClassVar[tuple[str, ...]] = ("status_code", "url")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and 200 <= self.status_code < 400
+
+
+@dataclass(slots=True)
+class StatusPack(_Message):
+    """Processor → scheduler: how a task went (its identity, its schedule, and ``track``)."""
+
+    taskid: str
+    project: str
+    url: str
+    track: Track = field(default_factory=Track)
+    schedule: Schedule | None = None
+
+    _types: ClassVar[dict[str, Any]] = {
+        "taskid": str, "project": str, "url": str, "track": Track, "schedule": Schedule,
+    }
+    _nested: ClassVar[dict[str, type]] = {"track": Track, "schedule": Schedule}
+    _required: ClassVar[tuple[str, ...]] = ("taskid", "project", "url")
+
+    def _post_decode(self) -> None:
+        validate_project_name(self.project)
+
+
+@dataclass(slots=True)
+class ResultPack(_Message):
+    """Processor → result worker: one result of one task, upserted by (project, taskid)."""
+
+    project: str
+    taskid: str
+    url: str
+    result: Any = None
+    updatetime: float = 0.0
+
+    _types: ClassVar[dict[str, Any]] = {
+        "project": str, "taskid": str, "url": str, "result": _ANY, "updatetime": _NUM,
+    }
+    _required: ClassVar[tuple[str, ...]] = ("project", "taskid", "url")
+
+    def _post_decode(self) -> None:
+        validate_project_name(self.project)
+
+
+# ---------------------------------------------------------------------------
+# special tasks: scheduler <-> processor conventions
+#
+# Each is an ordinary Task of the project with a ``data:`` URL (fetched without network)
+# and a fixed taskid/callback. The processor answers ``_on_get_info`` with a status pack
+# whose ``track.process["save"]`` holds {"min_tick", "retry_delay", "crawl_config"};
+# ``_on_cronjob`` carries {"tick": seconds since epoch} in ``fetch.save``;
+# ``_on_message`` carries the message in ``fetch.save``.
+
+SPECIAL_TASKS: dict[str, tuple[str, str]] = {
+    # taskid: (url, callback)
+    "on_start": ("data:,on_start", "on_start"),
+    "on_finished": ("data:,on_finished", "on_finished"),
+    "_on_get_info": ("data:,_on_get_info", "_on_get_info"),
+    "_on_cronjob": ("data:,_on_cronjob", "_on_cronjob"),
+    "_on_message": ("data:,_on_message", "_on_message"),
+}
+
+
+def special_task(project: str, taskid: str, *, save: Any = None, priority: int = 0,
+                 exetime: float = 0.0, age: float = 0) -> Task:
+    """Build one of the :data:`SPECIAL_TASKS` for *project*."""
+    url, callback = SPECIAL_TASKS[taskid]
+    return Task.create(
+        project, url, taskid=taskid,
+        schedule=Schedule(priority=priority, exetime=exetime, age=age, force_update=True, retries=0),
+        fetch=Fetch(save=save),
+        process=Process(callback=callback),
+    )
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    "task": Task,
+    "fetch_result": FetchResult,
+    "status": StatusPack,
+    "result": ResultPack,
+}
+_TAG_OF = {cls: tag for tag, cls in MESSAGE_TYPES.items()}
+
+Message = Task | FetchResult | StatusPack | ResultPack
+
+
+def _deepcopy_dict(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deepcopy_dict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepcopy_dict(v) for v in value]
+    return value
+
+
+def _encode_one(msg: Any) -> list:
+    tag = _TAG_OF.get(type(msg))
+    if tag is None:
+        raise SerializationError(f"cannot pack {type(msg).__name__}: not a spiderflow message")
+    return [tag, msg.to_dict()]
+
+
+def pack(msg: Message | tuple) -> bytes:
+    """Serialize a message, or a tuple of messages, to msgpack bytes."""
+    if isinstance(msg, tuple):
+        body: Any = [_encode_one(m) for m in msg]
+        kind = "tuple"
+    else:
+        body = _encode_one(msg)
+        kind = "one"
+    try:
+        return msgpack.packb({"v": SCHEMA_VERSION, "k": kind, "b": body}, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"cannot pack {type(msg).__name__}: {exc}") from exc
+
+
+def _decode_one(item: Any):
+    if not (isinstance(item, list) and len(item) == 2 and item[0] in MESSAGE_TYPES):
+        raise SerializationError(f"not a tagged spiderflow message: {item!r:.80}")
+    return MESSAGE_TYPES[item[0]].from_dict(item[1])
+
+
+def unpack(data: bytes) -> Message | tuple:
+    """Deserialize bytes made by :func:`pack`; raise SerializationError for anything else."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"unpack needs bytes, not {type(data).__name__}")
+    try:
+        envelope = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for corrupt input
+        raise SerializationError(f"corrupt message ({len(data)} bytes): {exc or type(exc).__name__}") from exc
+    if not isinstance(envelope, dict) or "v" not in envelope or "b" not in envelope:
+        raise SerializationError("not a spiderflow message: missing schema version envelope")
+    version = envelope["v"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise SerializationError(
+            f"message schema version {version!r} is not supported (this spiderflow reads 1..{SCHEMA_VERSION})"
+        )
+    if envelope.get("k") == "tuple":
+        if not isinstance(envelope["b"], list):
+            raise SerializationError("corrupt message tuple")
+        return tuple(_decode_one(item) for item in envelope["b"])
+    return _decode_one(envelope["b"])
+
+
+def packb_value(value: Any) -> bytes:
+    """msgpack an arbitrary plain value (counters, control payloads)."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"cannot pack value: {exc}") from exc
+
+
+def unpackb_value(data: bytes) -> Any:
+    """Inverse of :func:`packb_value`."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise SerializationError(f"corrupt value ({len(data)} bytes): {exc}") from exc
+
+
+__all__ = [
+    "SCHEMA_VERSION", "Fetch", "FetchResult", "MESSAGE_TYPES", "Message", "Process",
+    "ProjectStatus", "ResultPack", "SPECIAL_TASKS", "Schedule", "StatusPack", "Task", "TaskStatus", "Track",
+    "md5_taskid", "pack", "packb_value", "special_task", "unpack", "unpackb_value",
+    "validate_project_name",
+]

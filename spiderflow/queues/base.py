@@ -1,0 +1,233 @@
+"""The queue interface every backend shares; blocking, batching, async waits and ack live here.
+
+A backend implements five primitives on raw items (``_put``, ``_get``, ``_qsize``,
+``_close`` and, for reliable backends, ``_ack``/``_reject``). This base class adds
+serialization (msgpack through :mod:`spiderflow.message` for backends that cross a
+process), timeouts, batch helpers and asyncio-friendly waits.
+
+Two ways to consume:
+
+* ``get()`` returns a message that is already acknowledged (at-most-once from the queue's
+  point of view; the scheduler's lease re-sends anything lost).
+* ``receive()`` returns a :class:`Delivery`: call ``ack()`` once the message is handled,
+  or ``reject()`` to hand it back. On reliable backends (redis, amqp) a consumer that dies
+  before acking has its messages redelivered. On memory and multiprocessing queues ``ack``
+  is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..exceptions import QueueClosed, QueueEmpty, QueueFull, SerializationError
+from ..message import pack, unpack
+
+logger = logging.getLogger(__name__)
+
+_POLL_MIN = 0.001
+_POLL_MAX = 0.05
+
+
+class Delivery:
+    """A received message that must be acknowledged (or rejected) by its consumer."""
+
+    __slots__ = ("message", "tag", "_queue", "_settled")
+
+    def __init__(self, message: Any, tag: Any, queue: BaseQueue):
+        self.message = message
+        self.tag = tag
+        self._queue = queue
+        self._settled = False
+
+    def ack(self) -> None:
+        """The message is handled: the queue may forget it."""
+        if not self._settled:
+            self._settled = True
+            self._queue._ack(self.tag)
+
+    def reject(self, requeue: bool = True) -> None:
+        """Hand the message back (``requeue=True``) or drop it."""
+        if not self._settled:
+            self._settled = True
+            self._queue._reject(self.tag, requeue)
+
+    def __repr__(self) -> str:
+        return f"<Delivery {type(self.message).__name__} tag={self.tag!r}>"
+
+
+class BaseQueue:
+    """A bounded FIFO of spiderflow messages. Subclasses implement the underscore methods.
+
+    ``serialize``: whether items travel as msgpack bytes (every backend that crosses a
+    process boundary). ``reliable``: whether unacked deliveries survive a dead consumer.
+    """
+
+    scheme: str = ""
+    serialize: bool = True
+    reliable: bool = False
+
+    def __init__(self, name: str, maxsize: int = 0):
+        self.name = name
+        self.maxsize = maxsize
+        self.closed = False
+
+    # -- backend primitives -------------------------------------------------
+    def _put(self, item: Any, timeout: float | None) -> None:
+        """Append *item*; wait at most *timeout* (0: don't wait, None: forever); raise QueueFull."""
+        raise NotImplementedError
+
+    def _get(self, timeout: float | None) -> tuple[Any, Any]:
+        """Take the oldest item, waiting as ``_put`` does; return (item, tag); raise QueueEmpty."""
+        raise NotImplementedError
+
+    def _qsize(self) -> int:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def _ack(self, tag: Any) -> None:
+        pass
+
+    def _reject(self, tag: Any, requeue: bool) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot hand messages back")
+
+    # -- encoding -------------------------------------------------------------
+    def _encode(self, msg: Any) -> Any:
+        return pack(msg) if self.serialize else msg
+
+    def _decode(self, item: Any, tag: Any) -> Any:
+        if not self.serialize:
+            return item
+        try:
+            return unpack(item)
+        except SerializationError:
+            # a poisoned message must not come back forever: drop it and say so
+            logger.error("queue %s: dropping a malformed message (%d bytes)", self.name, len(item))
+            self._ack(tag)
+            raise
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise QueueClosed(f"queue {self.name!r} is closed")
+
+    # -- producer side ---------------------------------------------------------
+    def put(self, msg: Any, timeout: float | None = None) -> None:
+        """Put a message, blocking while the queue is full (at most *timeout* seconds)."""
+        self._check_open()
+        self._put(self._encode(msg), timeout)
+
+    def put_nowait(self, msg: Any) -> None:
+        """Put a message or raise QueueFull at once."""
+        self.put(msg, timeout=0)
+
+    def put_many(self, msgs: Iterable[Any], timeout: float | None = None) -> None:
+        """Put every message in order; *timeout* bounds the whole call."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for msg in msgs:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self.put(msg, remaining)
+
+    # -- consumer side -----------------------------------------------------------
+    def receive(self, timeout: float | None = None) -> Delivery:
+        """Take a message to be acked later; raise QueueEmpty after *timeout* seconds.
+
+        A malformed message is dropped (logged) and raises SerializationError.
+        """
+        self._check_open()
+        item, tag = self._get(timeout)
+        return Delivery(self._decode(item, tag), tag, self)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Take a message (acknowledged at once); raise QueueEmpty after *timeout* seconds."""
+        delivery = self.receive(timeout)
+        delivery.ack()
+        return delivery.message
+
+    def get_nowait(self) -> Any:
+        return self.get(timeout=0)
+
+    def receive_many(self, max_items: int, timeout: float | None = 0) -> list[Delivery]:
+        """Wait up to *timeout* for one message, then take up to *max_items* without waiting.
+
+        Malformed messages are dropped and skipped. Returns [] when nothing came.
+        """
+        out: list[Delivery] = []
+        wait = timeout
+        while len(out) < max_items:
+            try:
+                out.append(self.receive(wait))
+            except QueueEmpty:
+                break
+            except SerializationError:
+                pass
+            wait = 0
+        return out
+
+    def get_many(self, max_items: int, timeout: float | None = 0) -> list[Any]:
+        """Like :meth:`receive_many`, with every message acknowledged."""
+        deliveries = self.receive_many(max_items, timeout)
+        for d in deliveries:
+            d.ack()
+        return [d.message for d in deliveries]
+
+    # -- asyncio ------------------------------------------------------------------
+    async def _poll(self, attempt, timeout: float | None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = _POLL_MIN
+        while True:
+            try:
+                return attempt()
+            except (QueueEmpty, QueueFull):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
+
+    async def aput(self, msg: Any, timeout: float | None = None) -> None:
+        """Async put: waits without blocking the event loop."""
+        item = self._encode(msg)
+        self._check_open()
+        await self._poll(lambda: self._put(item, 0), timeout)
+
+    async def areceive(self, timeout: float | None = None) -> Delivery:
+        return await self._poll(lambda: self.receive(0), timeout)
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        return await self._poll(lambda: self.get(0), timeout)
+
+    async def areceive_many(self, max_items: int, timeout: float | None = None) -> list[Delivery]:
+        """Wait (without blocking the loop) up to *timeout* for messages; take up to *max_items*."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                first = await self.areceive(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                break
+            except QueueEmpty:
+                return []
+            except SerializationError:
+                continue  # dropped and logged by _decode
+        return [first, *self.receive_many(max_items - 1, 0)]
+
+    # -- state ----------------------------------------------------------------------
+    def qsize(self) -> int:
+        """Messages waiting (approximate on multi-process backends)."""
+        return self._qsize()
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return bool(self.maxsize) and self.qsize() >= self.maxsize
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} maxsize={self.maxsize}>"

@@ -1,0 +1,236 @@
+"""Every default in one frozen dataclass, and how a run's settings are resolved.
+
+Precedence, highest first: command-line flag > ``SPIDERFLOW_<NAME>`` environment variable >
+``-c`` config file (JSON, or TOML when the name ends in ``.toml``) > the defaults below.
+:func:`load_settings` resolves them once; nothing below the CLI reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import ConfigError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+
+ENV_PREFIX = "SPIDERFLOW_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tunable of spiderflow with its default. Field names are the config-file keys."""
+
+    # -- where things live -------------------------------------------------
+    data_dir: str = "./data"
+    taskdb: str | None = None          # None: sqlite:///<data_dir>/task.db
+    projectdb: str | None = None       # None: sqlite:///<data_dir>/project.db
+    resultdb: str | None = None        # None: sqlite:///<data_dir>/result.db
+    queue: str | None = None           # None: memory:// in one process, multiprocessing for `all`
+    queue_maxsize: int = 100
+    log_level: str = "INFO"
+
+    # -- scheduler -----------------------------------------------------------
+    scheduler_host: str = "127.0.0.1"
+    scheduler_port: int = 23333
+    scheduler_token: str | None = None
+    loop_interval: float = 0.1                 # seconds between run_once() calls when idle
+    loop_limit: int = 1000                     # max tasks selected per run_once
+    inqueue_limit: int = 0                     # max ACTIVE tasks in queue per project (0: no limit)
+    task_window: int = 10000                   # ACTIVE tasks held in memory per project
+    task_load_page: int = 1000                 # tasks loaded from taskdb per page
+    lease_time: float = 600.0                  # seconds before an unanswered task is re-sent
+    default_rate: float = 1.0                  # tasks/s for a new project
+    default_burst: float = 3.0
+    retries: int = 3
+    retry_delay: tuple[tuple[int, float], ...] = (
+        (0, 30.0), (1, 3600.0), (2, 6 * 3600.0), (3, 12 * 3600.0), (-1, 24 * 3600.0),
+    )                                          # (retried, delay); -1 is "any later retry"
+    fail_pause_num: int = 10                   # consecutive failures that pause a project
+    pause_time: float = 300.0
+    unpause_check_num: int = 3                 # trial tasks after a pause
+    delete_time: float = 24 * 3600.0           # STOP + group "delete" → dropped after this
+    active_tasks: int = 100                    # recent tasks kept per project for the web UI
+    counter_dump_interval: float = 60.0
+
+    # -- fetcher -----------------------------------------------------------------
+    poolsize: int = 100
+    timeout: float = 120.0
+    connect_timeout: float = 20.0
+    user_agent: str = "spiderflow (+https://github.com/spiderflow/spiderflow)"
+    proxy: str | None = None
+    max_body_size: int = 10 * 1024 * 1024
+    robots_txt_ttl: float = 3600.0
+    max_redirects: int = 5
+
+    # -- processor -------------------------------------------------------------
+    process_time_limit: float = 30.0
+    log_tail: int = 100                        # log lines kept per task in track
+    newtask_batch: int = 100
+
+    # -- result worker -----------------------------------------------------------
+    result_batch: int = 100
+
+    # -- nodes -------------------------------------------------------------------
+    heartbeat_interval: float = 10.0
+    node_timeout: float = 60.0
+
+    # -- web UI ------------------------------------------------------------------
+    webui_host: str = "127.0.0.1"
+    webui_port: int = 5000
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    # -- process counts for `all` ------------------------------------------------
+    fetcher_num: int = 1
+    processor_num: int = 1
+    result_worker_num: int = 1
+
+    # -- derived -------------------------------------------------------------------
+    def db_url(self, role: str) -> str:
+        """The database URL of *role* (``taskdb``, ``projectdb`` or ``resultdb``)."""
+        url = getattr(self, role)
+        if url:
+            return url
+        name = {"taskdb": "task", "projectdb": "project", "resultdb": "result"}[role]
+        return f"sqlite:///{os.path.join(self.data_dir, name + '.db')}"
+
+    def retry_delay_for(self, retried: int) -> float:
+        """The delay before retry number *retried* (0 for the first retry)."""
+        table = dict(self.retry_delay)
+        return table.get(retried, table.get(-1, 0.0))
+
+    def replace(self, **changes: Any) -> Settings:
+        return load_settings(overrides=changes, base=self)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert *value* to the type of setting *name*; strings from env/CLI are parsed."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    origin = typing.get_origin(base) or base
+
+    def bad(why: str = "") -> ConfigError:
+        want = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                tuple: "a list of [retried, delay] pairs"}.get(origin, str(base))
+        return ConfigError(f"{source}: setting {name!r} must be {want}, not {value!r}{why}")
+
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise bad()
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise bad()
+    if origin in (int, float):
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)) and (origin is float or float(value).is_integer()):
+            return origin(value)
+        if isinstance(value, str):
+            try:
+                return origin(value.strip())
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if origin is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if origin is tuple:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise bad(" (give JSON, e.g. [[0, 30], [1, 3600], [-1, 86400]])") from None
+        if isinstance(value, Mapping):
+            value = list(value.items())
+        try:
+            pairs = tuple((int(k), float(v)) for k, v in value)
+        except (TypeError, ValueError):
+            raise bad() from None
+        return pairs
+    return value  # pragma: no cover - every field type is handled above
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read a JSON (or .toml) config file; errors name the file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror or exc}") from exc
+    try:
+        if path.endswith(".toml"):
+            if tomllib is None:
+                raise ConfigError(f"config file {path!r}: TOML needs Python 3.11+; use JSON")
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        kind = "TOML" if path.endswith(".toml") else "JSON"
+        raise ConfigError(f"config file {path!r} is not valid {kind}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold an object of settings, not {type(data).__name__}")
+    return data
+
+
+def load_settings(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: Settings | None = None,
+) -> Settings:
+    """Resolve settings: *overrides* (flags) > *env* (``SPIDERFLOW_*``) > *config_file* > *base*.
+
+    ``None`` values in *overrides* mean "flag not given" and are skipped. Unknown keys in
+    the config file or overrides raise ConfigError naming the key (and the file).
+    """
+    values: dict[str, Any] = {}
+    if config_file:
+        for key, value in read_config_file(config_file).items():
+            name = key.replace("-", "_")
+            if name not in FIELDS:
+                raise ConfigError(
+                    f"config file {config_file!r}: unknown setting {key!r}; "
+                    f"known settings: {', '.join(sorted(FIELDS))}"
+                )
+            values[name] = _coerce(name, value, f"config file {config_file!r}")
+    for key, value in (env or {}).items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name in FIELDS:
+            values[name] = _coerce(name, value, f"environment variable {key}")
+        # other SPIDERFLOW_* variables (e.g. SPIDERFLOW_REQUIRE_SERVICES) are not settings
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(sorted(FIELDS))}")
+        values[name] = _coerce(name, value, f"option --{name.replace('_', '-')}")
+    return dataclasses.replace(base, **values) if base else Settings(**values)
+
+
+def settings_from_environ(config_file: str | None = None, **overrides: Any) -> Settings:
+    """For the CLI and bench only: resolve with the process environment."""
+    return load_settings(config_file=config_file, env=os.environ, overrides=overrides)

@@ -1,0 +1,206 @@
+"""One queue suite, run against every queue backend (memory, multiprocessing; redis and amqp
+join when their backends land)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+
+import pytest
+
+from spiderflow.exceptions import ConfigError, QueueClosed, QueueEmpty, QueueFull, SerializationError, UnknownSchemeError
+from spiderflow.message import FetchResult, ResultPack, Task
+from spiderflow.queues import QUEUE_NAMES, connect_queue, connect_queues
+
+BACKENDS = ["memory://", "multiprocessing://"]
+
+# multiprocessing queues hand items to a feeder thread: give them a moment to appear
+SETTLE = 2.0
+
+
+@pytest.fixture(params=BACKENDS)
+def make_queue(request):
+    made = []
+
+    def make(maxsize=10, name="q"):
+        q = connect_queue(request.param, name, maxsize)
+        made.append(q)
+        return q
+
+    yield make
+    for q in made:
+        q.close()
+
+
+def task(i: int) -> Task:
+    return Task(taskid=f"t{i}", project="p", url=f"http://127.0.0.1/{i}", updatetime=float(i))
+
+
+def test_fifo_round_trip_of_every_message_kind(make_queue):
+    q = make_queue()
+    msgs = [task(1), (task(2), FetchResult(200, "http://a/", content=b"x")), ResultPack("p", "t", "u", {"a": 1})]
+    for m in msgs:
+        q.put(m)
+    assert [q.get(timeout=SETTLE) for _ in msgs] == msgs
+
+
+def test_bounded_put_nowait_raises_full(make_queue):
+    q = make_queue(maxsize=2)
+    q.put_nowait(task(1))
+    q.put_nowait(task(2))
+    with pytest.raises(QueueFull):
+        q.put_nowait(task(3))
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        q.put(task(3), timeout=0.2)
+    assert 0.15 <= time.monotonic() - started < 2
+    assert q.get(timeout=SETTLE) == task(1)  # nothing was dropped or reordered
+    q.put(task(3), timeout=SETTLE)
+    assert [q.get(timeout=SETTLE) for _ in range(2)] == [task(2), task(3)]
+
+
+def test_get_nowait_and_timeout_raise_empty(make_queue):
+    q = make_queue()
+    with pytest.raises(QueueEmpty):
+        q.get_nowait()
+    started = time.monotonic()
+    with pytest.raises(QueueEmpty):
+        q.get(timeout=0.2)
+    assert 0.15 <= time.monotonic() - started < 2
+
+
+def test_qsize_full_empty(make_queue):
+    q = make_queue(maxsize=3)
+    assert q.empty() and q.qsize() == 0
+    q.put_many([task(i) for i in range(3)])
+    deadline = time.monotonic() + SETTLE
+    while q.qsize() < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert q.qsize() == 3 and q.full()
+
+
+def test_batch_helpers(make_queue):
+    q = make_queue(maxsize=50)
+    q.put_many([task(i) for i in range(20)])
+    got = q.get_many(8, timeout=SETTLE)
+    while len(got) < 20:
+        more = q.get_many(20 - len(got), timeout=SETTLE)
+        assert more, "messages went missing"
+        got += more
+    assert got == [task(i) for i in range(20)]
+    assert q.get_many(5, timeout=0.05) == []
+
+
+def test_put_many_times_out_when_full(make_queue):
+    q = make_queue(maxsize=3)
+    with pytest.raises(QueueFull):
+        q.put_many([task(i) for i in range(5)], timeout=0.2)
+
+
+def test_receive_and_ack(make_queue):
+    q = make_queue()
+    q.put(task(1))
+    delivery = q.receive(timeout=SETTLE)
+    assert delivery.message == task(1)
+    delivery.ack()
+    delivery.ack()  # idempotent
+
+
+def test_blocking_get_wakes_on_put(make_queue):
+    q = make_queue()
+    threading.Timer(0.1, q.put, args=(task(7),)).start()
+    assert q.get(timeout=5) == task(7)
+
+
+def test_blocking_put_wakes_on_get(make_queue):
+    q = make_queue(maxsize=1)
+    q.put(task(1))
+    threading.Timer(0.1, q.get, kwargs={"timeout": 5}).start()
+    q.put(task(2), timeout=5)
+    assert q.get(timeout=SETTLE) == task(2)
+
+
+def test_async_helpers_do_not_block_the_loop(make_queue):
+    q = make_queue(maxsize=1)
+
+    async def scenario():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.ensure_future(ticker())
+        with pytest.raises(QueueEmpty):
+            await q.aget(timeout=0.2)
+        await q.aput(task(1))
+        with pytest.raises(QueueFull):
+            await q.aput(task(2), timeout=0.2)
+        got = await q.aget(timeout=SETTLE)
+        batch = await q.areceive_many(10, timeout=0.05)
+        tick_task.cancel()
+        return ticks, got, batch
+
+    ticks, got, batch = asyncio.run(scenario())
+    assert got == task(1) and batch == []
+    assert ticks >= 10  # the loop kept running while we waited
+
+
+def test_closed_queue_refuses(make_queue):
+    q = make_queue()
+    q.close()
+    with pytest.raises(QueueClosed):
+        q.put(task(1))
+    with pytest.raises(QueueClosed):
+        q.get_nowait()
+
+
+def test_malformed_bytes_are_dropped_with_a_clear_error():
+    q = connect_queue("multiprocessing://", "q", 10)
+    q._put(b"\xc1garbage", None)
+    q.put(task(1))
+    time.sleep(0.1)
+    with pytest.raises(SerializationError):
+        q.get(timeout=SETTLE)
+    assert q.get(timeout=SETTLE) == task(1)
+    q._put(b"\xc1garbage", None)
+    q.put(task(2))
+    time.sleep(0.1)
+    assert q.get_many(10, timeout=SETTLE) == [task(2)]  # batch helpers skip the bad one
+    q.close()
+
+
+def _child_producer(q, n):
+    for i in range(n):
+        q.put(task(i))
+
+
+def test_multiprocessing_queue_crosses_processes():
+    q = connect_queue("multiprocessing://", "q", 5)  # smaller than n: the child is held back
+    proc = multiprocessing.get_context("fork").Process(target=_child_producer, args=(q, 30))
+    proc.start()
+    got = [q.get(timeout=10) for _ in range(30)]
+    proc.join(10)
+    assert got == [task(i) for i in range(30)] and proc.exitcode == 0
+    q.close()
+
+
+def test_unknown_scheme_lists_known_ones():
+    with pytest.raises(UnknownSchemeError) as info:
+        connect_queue("kafka://127.0.0.1:9092", "q")
+    for scheme in ("memory", "multiprocessing", "redis", "amqp"):
+        assert scheme in str(info.value)
+    with pytest.raises(ConfigError):
+        connect_queue("no-scheme-here", "q")
+
+
+def test_connect_queues_opens_the_five_pipeline_queues():
+    queues = connect_queues("memory://", maxsize=3)
+    assert tuple(queues) == QUEUE_NAMES
+    assert all(q.maxsize == 3 for q in queues.values())
+    queues["newtask_queue"].put(task(1))
+    assert queues["status_queue"].empty()
