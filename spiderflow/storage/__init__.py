@@ -1,0 +1,95 @@
+"""projectdb, taskdb and resultdb on SQLAlchemy Core, chosen by database URL.
+
+The URL is a plain SQLAlchemy URL; the role comes from the function called::
+
+    connect_taskdb("sqlite:///data/task.db")            # the default, no server needed
+    connect_taskdb("sqlite://")                         # in memory, for tests
+    connect_taskdb("postgresql+psycopg://user:pass@host/db")   # or postgresql://
+    connect_taskdb("mysql+pymysql://user:pass@host/db")        # or mysql://
+
+Dialects come from :data:`DIALECTS` and their drivers are imported only when used. Each
+process has one engine per URL; ``close()`` on the last database using it disposes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import NamedTuple
+
+import sqlalchemy as sa
+
+from ..exceptions import ConfigError, UnknownSchemeError, redact_url
+from .engine import cached_engine, dispose_engines, new_engine, release_engine
+from .projectdb import ProjectDB
+from .resultdb import ResultDB
+from .taskdb import TaskDB
+
+logger = logging.getLogger(__name__)
+
+
+class Dialect(NamedTuple):
+    drivername: str      # the SQLAlchemy dialect+driver the URL is mapped to
+    module: str          # the DB-API module it needs
+    extra: str | None    # the spiderflow extra that installs it
+
+
+DIALECTS: dict[str, Dialect] = {
+    "sqlite": Dialect("sqlite", "sqlite3", None),
+    "sqlite+pysqlite": Dialect("sqlite", "sqlite3", None),
+    "postgresql": Dialect("postgresql+psycopg", "psycopg", "postgresql"),
+    "postgresql+psycopg": Dialect("postgresql+psycopg", "psycopg", "postgresql"),
+    "mysql": Dialect("mysql+pymysql", "pymysql", "mysql"),
+    "mysql+pymysql": Dialect("mysql+pymysql", "pymysql", "mysql"),
+}
+
+
+def resolve_url(url: str) -> sa.URL:
+    """Parse *url*, map its scheme through :data:`DIALECTS` and check the driver is installed."""
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise UnknownSchemeError(str(url), "database", list(DIALECTS)) from None
+    dialect = DIALECTS.get(parsed.drivername)
+    if dialect is None:
+        raise UnknownSchemeError(url, "database", list(DIALECTS))
+    try:
+        importlib.import_module(dialect.module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"database URL {redact_url(url)!r} needs the {dialect.module} driver: "
+            f'pip install "spiderflow[{dialect.extra}]"'
+        ) from exc
+    return parsed.set(drivername=dialect.drivername)
+
+
+def create_engine(url: str) -> sa.Engine:
+    """A new engine of its own (not shared through the per-process cache)."""
+    return new_engine(resolve_url(url))
+
+
+def _connect(cls, url: str):
+    engine = cached_engine(resolve_url(url))
+    try:
+        return cls(engine)
+    except BaseException:
+        release_engine(engine)
+        raise
+
+
+def connect_projectdb(url: str) -> ProjectDB:
+    return _connect(ProjectDB, url)
+
+
+def connect_taskdb(url: str) -> TaskDB:
+    return _connect(TaskDB, url)
+
+
+def connect_resultdb(url: str) -> ResultDB:
+    return _connect(ResultDB, url)
+
+
+__all__ = [
+    "DIALECTS", "Dialect", "ProjectDB", "ResultDB", "TaskDB", "connect_projectdb",
+    "connect_resultdb", "connect_taskdb", "create_engine", "dispose_engines", "resolve_url",
+]

@@ -1,0 +1,111 @@
+"""projectdb: one row per project (its script, status, group and rate limits).
+
+The scheduler polls :meth:`ProjectDB.changed_since` to pick up edits; the web UI and the
+processor read scripts with :meth:`ProjectDB.get`. A project is a dict with the keys of
+:data:`FIELDS`; ``status`` is a :class:`~spiderflow.message.ProjectStatus`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..exceptions import StorageError
+from ..message import ProjectStatus, validate_project_name
+from .base import LONGTEXT, METADATA, MYSQL_TABLE, NAME, BaseDB, check_fields
+
+FIELDS = ("name", "group", "status", "script", "comments", "rate", "burst", "updatetime")
+
+PROJECTS = sa.Table(
+    "spiderflow_project", METADATA,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("group", sa.String(255), nullable=False, default=""),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("script", LONGTEXT, nullable=False),
+    sa.Column("comments", LONGTEXT, nullable=False),
+    sa.Column("rate", sa.Double, nullable=False),
+    sa.Column("burst", sa.Double, nullable=False),
+    sa.Column("updatetime", sa.Double, nullable=False),
+    **MYSQL_TABLE,
+)
+
+
+class ProjectDB(BaseDB):
+    """Projects by name."""
+
+    role = "projectdb"
+    schema_version = 1
+    tables = (PROJECTS,)
+
+    def insert(self, name: str, *, group: str = "", status: ProjectStatus | str = ProjectStatus.TODO,
+               script: str = "", comments: str = "", rate: float = 1.0, burst: float = 3.0,
+               updatetime: float | None = None) -> None:
+        """Add a project; raises StorageError if it exists."""
+        row = _row(name=validate_project_name(name), group=group, status=status, script=script,
+                   comments=comments, rate=rate, burst=burst,
+                   updatetime=time.time() if updatetime is None else updatetime)
+        try:
+            with self._write("insert") as conn:
+                conn.execute(PROJECTS.insert(), row)
+        except StorageError as exc:
+            if self.get(name, ["name"]) is not None:
+                raise StorageError(f"project {name!r} already exists in {self.url}") from exc
+            raise
+
+    def update(self, name: str, **fields: Any) -> bool:
+        """Change some fields of a project; False if there is no such project."""
+        validate_project_name(name)
+        check_fields(fields, FIELDS[1:], "project")
+        fields.setdefault("updatetime", time.time())
+        with self._write("update") as conn:
+            result = conn.execute(PROJECTS.update().where(PROJECTS.c.name == name), _row(**fields))
+        return result.rowcount > 0
+
+    def get(self, name: str, fields: list[str] | tuple[str, ...] | None = None) -> dict | None:
+        validate_project_name(name)
+        query = self._select(fields).where(PROJECTS.c.name == name)
+        with self._read("get") as conn:
+            row = conn.execute(query).mappings().first()
+        return _project(row) if row is not None else None
+
+    def list(self, fields: list[str] | tuple[str, ...] | None = None) -> list[dict]:
+        """Every project, ordered by name."""
+        with self._read("list") as conn:
+            rows = conn.execute(self._select(fields).order_by(PROJECTS.c.name)).mappings().all()
+        return [_project(r) for r in rows]
+
+    def changed_since(self, timestamp: float, fields: list[str] | tuple[str, ...] | None = None) -> list[dict]:
+        """Projects whose updatetime is after *timestamp*, ordered by name."""
+        query = self._select(fields).where(PROJECTS.c.updatetime > timestamp).order_by(PROJECTS.c.name)
+        with self._read("changed_since") as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_project(r) for r in rows]
+
+    def drop(self, name: str) -> bool:
+        """Delete a project row; False if there was none."""
+        validate_project_name(name)
+        with self._write("drop") as conn:
+            return conn.execute(PROJECTS.delete().where(PROJECTS.c.name == name)).rowcount > 0
+
+    @staticmethod
+    def _select(fields) -> sa.Select:
+        if fields is None:
+            return sa.select(PROJECTS)
+        check_fields(fields, FIELDS, "project")
+        names = ["name", *(f for f in fields if f != "name")]
+        return sa.select(*(PROJECTS.c[f] for f in names))
+
+
+def _row(**fields: Any) -> dict[str, Any]:
+    if "status" in fields:
+        fields["status"] = ProjectStatus(fields["status"]).value
+    return fields
+
+
+def _project(row) -> dict[str, Any]:
+    out = dict(row)
+    if "status" in out:
+        out["status"] = ProjectStatus(out["status"])
+    return out

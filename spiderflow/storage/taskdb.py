@@ -1,0 +1,288 @@
+"""taskdb: every task of every project, the scheduler's source of truth.
+
+One row per (project, taskid). ``schedule``, ``fetch``, ``process`` and ``track`` are JSON
+text (see :mod:`.codec`); ``priority`` and ``exetime`` are copied into columns so that
+:meth:`TaskDB.load_active` pages through ACTIVE tasks in scheduling order (priority DESC,
+exetime, taskid) on one index, seeking to each page's start instead of skipping rows.
+Inserts skip tasks that already exist; the scheduler writes in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from ..exceptions import StorageError
+from ..message import Fetch, Process, Schedule, Task, TaskStatus, Track, validate_project_name
+from .base import MAX_TASKID, METADATA, MYSQL_TABLE, NAME, TASKID, TEXT, BaseDB, check_fields, chunked
+from .codec import dumps_part, loads_part
+
+FIELDS = ("taskid", "project", "url", "status", "schedule", "fetch", "process", "track",
+          "lastcrawltime", "updatetime")
+PARTS = {"schedule": Schedule, "fetch": Fetch, "process": Process, "track": Track}
+STATUS_CODE = {TaskStatus.ACTIVE: 1, TaskStatus.SUCCESS: 2, TaskStatus.FAILED: 3, TaskStatus.BAD: 4}
+CODE_STATUS = {code: status for status, code in STATUS_CODE.items()}
+IN_CHUNK = 500
+_INT32 = 2 ** 31
+
+TASKS = sa.Table(
+    "spiderflow_task", METADATA,
+    sa.Column("project", NAME, primary_key=True),
+    sa.Column("taskid", TASKID, primary_key=True),
+    sa.Column("url", TEXT, nullable=False),
+    sa.Column("status", sa.SmallInteger, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("exetime", sa.Double, nullable=False),
+    sa.Column("schedule", TEXT, nullable=False),
+    sa.Column("fetch", TEXT, nullable=False),
+    sa.Column("process", TEXT, nullable=False),
+    sa.Column("track", TEXT, nullable=False),
+    sa.Column("lastcrawltime", sa.Double, nullable=True),
+    sa.Column("updatetime", sa.Double, nullable=False),
+    **MYSQL_TABLE,
+)
+_c = TASKS.c
+ACTIVE_INDEX = sa.Index("ix_spiderflow_task_order", _c.project, _c.status, _c.priority.desc(),
+                        _c.exetime, _c.taskid)
+sa.Index("ix_spiderflow_task_updatetime", _c.project, _c.updatetime)
+_ORDER = (_c.priority.desc(), _c.exetime, _c.taskid)
+_KEY_PARAMS = {"b_project": sa.bindparam("b_project"), "b_taskid": sa.bindparam("b_taskid")}
+
+
+class TaskDB(BaseDB):
+    """Tasks by (project, taskid)."""
+
+    role = "taskdb"
+    schema_version = 1
+    tables = (TASKS,)
+
+    def __init__(self, engine: sa.Engine):
+        super().__init__(engine)
+        self._insert_stmt = self._build_insert()
+        self._update_stmt = (TASKS.update()
+                             .where(_c.project == _KEY_PARAMS["b_project"], _c.taskid == _KEY_PARAMS["b_taskid"])
+                             .values({name: sa.bindparam(name) for name in _ROW_COLUMNS})
+                             .execution_options(preserve_rowcount=True))
+
+    def _build_insert(self) -> sa.Insert:
+        if self.dialect == "postgresql":
+            stmt = postgresql.insert(TASKS).on_conflict_do_nothing(index_elements=[_c.project, _c.taskid])
+        elif self.dialect == "sqlite":
+            stmt = sqlite.insert(TASKS).on_conflict_do_nothing()
+        elif self.dialect in ("mysql", "mariadb"):
+            stmt = mysql.insert(TASKS).prefix_with("IGNORE")
+        else:
+            stmt = TASKS.insert()
+        # the drivers sum executemany's rowcount: the number of rows actually inserted
+        return stmt.execution_options(preserve_rowcount=True)
+
+    # -- writes -------------------------------------------------------------------
+    def insert(self, task: Task) -> bool:
+        """Insert one task; False (and no change) if it already exists."""
+        return self.insert_many([task]) == 1
+
+    def insert_many(self, tasks: Iterable[Task]) -> int:
+        """Insert tasks in one transaction; existing (project, taskid) rows are left alone.
+
+        Returns how many rows were inserted.
+        """
+        rows = [_task_row(t) for t in tasks]
+        if not rows:
+            return 0
+        with self._write("insert_many") as conn:
+            return conn.execute(self._insert_stmt, rows).rowcount
+
+    def update(self, task: Task) -> bool:
+        """Write every column of *task*; False if there is no such task."""
+        return self.update_many([task]) == 1
+
+    def update_many(self, tasks: Iterable[Task]) -> int:
+        """Write every column of each task by (project, taskid), in one transaction.
+
+        Returns how many rows matched.
+        """
+        rows = []
+        for task in tasks:
+            row = _task_row(task)
+            row["b_project"], row["b_taskid"] = row.pop("project"), row.pop("taskid")
+            rows.append(row)
+        if not rows:
+            return 0
+        with self._write("update_many") as conn:
+            return conn.execute(self._update_stmt, rows).rowcount
+
+    def drop(self, project: str) -> int:
+        """Delete every task of *project*; returns how many."""
+        validate_project_name(project)
+        with self._write("drop") as conn:
+            return conn.execute(TASKS.delete().where(_c.project == project)).rowcount
+
+    # -- reads ----------------------------------------------------------------------
+    def get(self, project: str, taskid: str, fields: Iterable[str] | None = None) -> dict | None:
+        """The task as ``Task.to_dict()`` restricted to *fields* (taskid and project always)."""
+        validate_project_name(project)
+        cols = _columns(fields)
+        with self._read("get") as conn:
+            row = conn.execute(sa.select(*cols).where(_c.project == project, _c.taskid == taskid)).first()
+        return _row_dict(row, cols) if row is not None else None
+
+    def get_task(self, project: str, taskid: str) -> Task | None:
+        validate_project_name(project)
+        with self._read("get_task") as conn:
+            row = conn.execute(sa.select(TASKS).where(_c.project == project, _c.taskid == taskid)).first()
+        return _row_task(row) if row is not None else None
+
+    def get_many(self, project: str, taskids: Iterable[str],
+                 fields: Iterable[str] | None = None) -> dict[str, dict]:
+        """``{taskid: dict}`` for the tasks that exist (see :meth:`get`)."""
+        validate_project_name(project)
+        cols = _columns(fields)
+        out: dict[str, dict] = {}
+        with self._read("get_many") as conn:
+            for chunk in chunked(list(dict.fromkeys(taskids)), IN_CHUNK):
+                query = sa.select(*cols).where(_c.project == project, _c.taskid.in_(chunk))
+                for row in conn.execute(query):
+                    out[row.taskid] = _row_dict(row, cols)
+        return out
+
+    @staticmethod
+    def order_key(task: Task) -> tuple[int, float, str]:
+        """The position of *task* in scheduling order, for ``load_active(after=...)``."""
+        return (task.schedule.priority, task.schedule.exetime, task.taskid)
+
+    def load_active(self, project: str, limit: int,
+                    after: tuple[int, float, str] | None = None) -> list[Task]:
+        """Up to *limit* ACTIVE tasks in scheduling order, starting after the key *after*."""
+        validate_project_name(project)
+        out: list = []
+        with self._read("load_active") as conn:
+            for query in active_queries(project, after):
+                if len(out) >= limit:
+                    break
+                out.extend(conn.execute(query.limit(limit - len(out))).all())
+        return [_row_task(row) for row in out]
+
+    def status_count(self, project: str) -> dict[TaskStatus, int]:
+        """``{status: count}`` of one project, every status present."""
+        validate_project_name(project)
+        query = sa.select(_c.status, sa.func.count()).where(_c.project == project).group_by(_c.status)
+        counts = dict.fromkeys(TaskStatus, 0)
+        with self._read("status_count") as conn:
+            for code, n in conn.execute(query):
+                counts[CODE_STATUS[code]] = n
+        return counts
+
+    def status_counts(self) -> dict[str, dict[TaskStatus, int]]:
+        """``{project: {status: count}}`` of every project."""
+        query = sa.select(_c.project, _c.status, sa.func.count()).group_by(_c.project, _c.status)
+        out: dict[str, dict[TaskStatus, int]] = {}
+        with self._read("status_counts") as conn:
+            for project, code, n in conn.execute(query):
+                out.setdefault(project, dict.fromkeys(TaskStatus, 0))[CODE_STATUS[code]] = n
+        return out
+
+    def count(self, project: str, status: TaskStatus | str | None = None) -> int:
+        validate_project_name(project)
+        query = sa.select(sa.func.count()).select_from(TASKS).where(_c.project == project)
+        if status is not None:
+            query = query.where(_c.status == STATUS_CODE[TaskStatus(status)])
+        with self._read("count") as conn:
+            return conn.execute(query).scalar_one()
+
+    def projects(self) -> set[str]:
+        """Names of the projects that have tasks."""
+        with self._read("projects") as conn:
+            return set(conn.execute(sa.select(_c.project).distinct()).scalars())
+
+    def select(self, project: str | None = None, status: TaskStatus | str | None = None,
+               offset: int = 0, limit: int = 100, fields: Iterable[str] | None = None) -> list[dict]:
+        """Task dicts, newest updatetime first (for the web UI's task list)."""
+        cols = _columns(fields)
+        query = sa.select(*cols)
+        if project is not None:
+            query = query.where(_c.project == validate_project_name(project))
+        if status is not None:
+            query = query.where(_c.status == STATUS_CODE[TaskStatus(status)])
+        query = query.order_by(_c.updatetime.desc(), _c.project, _c.taskid).offset(offset).limit(limit)
+        with self._read("select") as conn:
+            return [_row_dict(row, cols) for row in conn.execute(query)]
+
+
+def active_queries(project: str, after: tuple | None) -> list[sa.Select]:
+    """The queries that continue scheduling order after *after*, each an index seek.
+
+    Mixed sort directions rule out one row-value comparison, and an OR of the three cases
+    would scan from the start of the project, so the rest of the priority+exetime group,
+    the rest of the priority and the lower priorities are three queries run in turn.
+    """
+    base = sa.select(TASKS).where(_c.project == project, _c.status == STATUS_CODE[TaskStatus.ACTIVE])
+    for dialect in ("mysql", "mariadb"):  # MySQL may otherwise walk the primary key
+        base = base.with_hint(TASKS, f"FORCE INDEX ({ACTIVE_INDEX.name})", dialect)
+    if after is None:
+        return [base.order_by(*_ORDER)]
+    priority, exetime, taskid = after
+    return [
+        base.where(_c.priority == priority, _c.exetime == exetime, _c.taskid > taskid).order_by(_c.taskid),
+        base.where(_c.priority == priority, _c.exetime > exetime).order_by(_c.exetime, _c.taskid),
+        base.where(_c.priority < priority).order_by(*_ORDER),
+    ]
+
+
+_ROW_COLUMNS = ("url", "status", "priority", "exetime", "schedule", "fetch", "process", "track",
+                "lastcrawltime", "updatetime")
+
+
+def _task_row(task: Task) -> dict[str, Any]:
+    validate_project_name(task.project)
+    taskid = task.taskid
+    if not isinstance(taskid, str) or not taskid or len(taskid) > MAX_TASKID:
+        raise StorageError(f"task id {taskid!r:.80} of project {task.project!r} must be a string of "
+                           f"1-{MAX_TASKID} characters")
+    if not isinstance(task.url, str):
+        raise StorageError(f"task {task.project}/{taskid}: url must be a string, not {task.url!r:.80}")
+    schedule = task.schedule
+    if not -_INT32 <= schedule.priority < _INT32:
+        raise StorageError(f"task {task.project}/{taskid}: priority {schedule.priority} is out of range")
+    try:
+        return {
+            "project": task.project, "taskid": taskid, "url": task.url,
+            "status": STATUS_CODE[TaskStatus(task.status)],
+            "priority": schedule.priority, "exetime": schedule.exetime,
+            "schedule": dumps_part(schedule), "fetch": dumps_part(task.fetch),
+            "process": dumps_part(task.process), "track": dumps_part(task.track),
+            "lastcrawltime": task.lastcrawltime, "updatetime": task.updatetime,
+        }
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"cannot store task {task.project}/{taskid}: {exc}") from exc
+
+
+def _columns(fields: Iterable[str] | None) -> list[sa.Column]:
+    if fields is None:
+        return [_c[f] for f in FIELDS]
+    fields = list(fields)
+    check_fields(fields, FIELDS, "task")
+    return [_c.taskid, _c.project, *(_c[f] for f in FIELDS if f in fields and f not in ("taskid", "project"))]
+
+
+def _row_dict(row, cols: list[sa.Column]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col, value in zip(cols, row):
+        name = col.name
+        if name in PARTS:
+            value = loads_part(PARTS[name], value).to_dict()
+        elif name == "status":
+            value = CODE_STATUS[value].value
+        out[name] = value
+    return out
+
+
+def _row_task(row) -> Task:
+    return Task(
+        taskid=row.taskid, project=row.project, url=row.url, status=CODE_STATUS[row.status],
+        schedule=loads_part(Schedule, row.schedule), fetch=loads_part(Fetch, row.fetch),
+        process=loads_part(Process, row.process), track=loads_part(Track, row.track),
+        lastcrawltime=row.lastcrawltime, updatetime=row.updatetime,
+    )

@@ -1,0 +1,432 @@
+"""projectdb, taskdb and resultdb, one suite run on SQLite, PostgreSQL and MySQL.
+
+On the shared servers spiderflow's tables are dropped once per session and emptied before
+each test; SQLite gets a fresh file per test.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from spiderflow import storage
+from spiderflow.exceptions import (
+    ConfigError, InvalidProjectName, SchemaVersionError, StorageError, UnknownSchemeError,
+)
+from spiderflow.message import (
+    Fetch, Process, ProjectStatus, ResultPack, Schedule, Task, TaskStatus, Track,
+)
+from spiderflow.storage.base import META, METADATA
+from spiderflow.storage.taskdb import active_queries
+
+from conftest import require_service
+
+BAD_NAME = "p'; drop table x; --"
+needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                                reason="needs the fork start method")
+_dropped: set[str] = set()
+
+
+def _reset_server(url: str) -> None:
+    """Drop spiderflow's tables once per session (fresh schema), then only empty them."""
+    engine = storage.create_engine(url)
+    try:
+        if url not in _dropped:
+            METADATA.drop_all(engine)
+            _dropped.add(url)
+            return
+        with engine.begin() as conn:
+            existing = set(sa.inspect(conn).get_table_names())
+            for table in METADATA.sorted_tables:
+                if table.name in existing:
+                    conn.execute(table.delete())  # META too: the next connect writes it again
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/data/spiderflow.db"
+    else:
+        url = require_service(request.param)
+        _reset_server(url)
+    storage.dispose_engines()
+    yield url
+    storage.dispose_engines()
+
+
+@pytest.fixture
+def taskdb(db_url):
+    db = storage.connect_taskdb(db_url)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def projectdb(db_url):
+    db = storage.connect_projectdb(db_url)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def resultdb(db_url):
+    db = storage.connect_resultdb(db_url)
+    yield db
+    db.close()
+
+
+def make_task(url: str, project: str = "proj", priority: int = 0, exetime: float = 0.0,
+              status: TaskStatus = TaskStatus.ACTIVE, **parts) -> Task:
+    task = Task.create(project, url, schedule=Schedule(priority=priority, exetime=exetime), **parts)
+    task.status = status
+    return task
+
+
+# -- projectdb ---------------------------------------------------------------------
+
+def test_project_insert_get_list(projectdb):
+    projectdb.insert("beta", group="g", script="print('é')", rate=2.5, burst=5, updatetime=100.0)
+    projectdb.insert("alpha", status=ProjectStatus.RUNNING)
+    projectdb.insert("Zeta")
+    beta = projectdb.get("beta")
+    assert beta == {"name": "beta", "group": "g", "status": ProjectStatus.TODO, "script": "print('é')",
+                    "comments": "", "rate": 2.5, "burst": 5.0, "updatetime": 100.0}
+    assert isinstance(beta["status"], ProjectStatus)
+    assert [p["name"] for p in projectdb.list()] == ["Zeta", "alpha", "beta"]  # code point order
+    assert projectdb.list(["status"])[1:] == [{"name": "alpha", "status": ProjectStatus.RUNNING},
+                                             {"name": "beta", "status": ProjectStatus.TODO}]
+    assert projectdb.get("gamma") is None
+    assert projectdb.get("zeta") is None  # names are case-sensitive on every backend
+    with pytest.raises(StorageError, match="already exists"):
+        projectdb.insert("beta")
+    with pytest.raises(ValueError, match="unknown project field"):
+        projectdb.get("beta", ["nope"])
+
+
+def test_project_update_changed_since_drop(projectdb):
+    projectdb.insert("a", updatetime=10.0)
+    projectdb.insert("b", updatetime=20.0)
+    assert [p["name"] for p in projectdb.changed_since(15.0)] == ["b"]
+    before = time.time()
+    assert projectdb.update("a", status="RUNNING", script="x = 1")
+    a = projectdb.get("a")
+    assert a["status"] is ProjectStatus.RUNNING and a["script"] == "x = 1" and a["updatetime"] >= before
+    assert projectdb.update("b", rate=9.0, updatetime=30.0)
+    assert projectdb.get("b", ["rate", "updatetime"]) == {"name": "b", "rate": 9.0, "updatetime": 30.0}
+    assert [p["name"] for p in projectdb.changed_since(15.0, ["name"])] == ["a", "b"]
+    assert projectdb.update("missing", rate=1.0) is False
+    with pytest.raises(ValueError, match="unknown project field"):
+        projectdb.update("a", colour="red")
+    with pytest.raises(ValueError):
+        projectdb.update("a", status="SLEEPING")
+    assert projectdb.drop("a") is True and projectdb.drop("a") is False
+    assert [p["name"] for p in projectdb.list()] == ["b"]
+
+
+def test_project_names_are_validated(projectdb, taskdb, resultdb):
+    for call in (lambda: projectdb.insert(BAD_NAME), lambda: projectdb.get(BAD_NAME),
+                 lambda: projectdb.update(BAD_NAME, rate=1.0), lambda: projectdb.drop(BAD_NAME),
+                 lambda: taskdb.get(BAD_NAME, "x"), lambda: taskdb.load_active(BAD_NAME, 10),
+                 lambda: taskdb.insert(Task(taskid="x", project=BAD_NAME, url="http://x/")),
+                 lambda: taskdb.count(BAD_NAME), lambda: taskdb.drop(BAD_NAME),
+                 lambda: taskdb.select(project=BAD_NAME),
+                 lambda: resultdb.upsert(ResultPack(project=BAD_NAME, taskid="x", url="u")),
+                 lambda: list(resultdb.select(BAD_NAME)), lambda: resultdb.drop(BAD_NAME)):
+        with pytest.raises(InvalidProjectName):
+            call()
+    assert projectdb.list() == [] and taskdb.projects() == set() and resultdb.projects() == set()
+
+
+# -- taskdb ---------------------------------------------------------------------------
+
+def full_task() -> Task:
+    """A task with every field away from its default, bytes and odd shapes included."""
+    return Task(
+        taskid="t1", project="proj", url="http://example.com/é?q=1", status=TaskStatus.FAILED,
+        schedule=Schedule(priority=7, retries=5, retried=2, exetime=1234.5, age=60, itag="v2",
+                          force_update=True, auto_recrawl=True, cancel=True),
+        fetch=Fetch(method="POST", headers={"X-A": "1"}, params={"a": [1, 2]}, data=b"\x00\xffbin",
+                    files={"f": b"\x01"}, cookies={"c": "v"}, user_agent="ua", timeout=3,
+                    connect_timeout=1.5, allow_redirects=False, max_redirects=0, validate_cert=False,
+                    proxy=False, etag="abc", last_modified=False, use_gzip=False, robots_txt=True,
+                    fetch_type="js",
+                    save={"raw": b"\xfe", 1: (b"t", None), "$b": "not a tag", "nested": {"$t": [1]},
+                          "list": [1.5, True, {"k": b""}], "tuple": (1, (2, 3)), "unicode": "日本"}),
+        process=Process(callback="detail_page", time_limit=9.5),
+        track=Track(fetch={"ok": True, "status_code": 200, "headers": {"etag": "abc"}},
+                    process={"ok": False, "logs": "line\n" * 3, "exception": "Traceback"}),
+        lastcrawltime=1000.25, updatetime=2000.125,
+    )
+
+
+def test_task_round_trip(taskdb):
+    task = full_task()
+    assert taskdb.insert(task) is True
+    assert taskdb.get_task("proj", "t1") == task
+    assert taskdb.get_task("proj", "nope") is None
+    assert taskdb.get_task("other", "t1") is None
+    assert taskdb.get("proj", "t1") == task.to_dict()
+    assert taskdb.get("proj", "t1", ["fetch", "status"]) == {
+        "taskid": "t1", "project": "proj", "fetch": task.fetch.to_dict(), "status": "FAILED"}
+    default = Task(taskid="t2", project="proj", url="http://x/", updatetime=1.0)
+    taskdb.insert(default)
+    assert taskdb.get_task("proj", "t2") == default
+    many = taskdb.get_many("proj", ["t1", "t2", "t3"], ["url"])
+    assert many == {"t1": {"taskid": "t1", "project": "proj", "url": task.url},
+                    "t2": {"taskid": "t2", "project": "proj", "url": "http://x/"}}
+    with pytest.raises(ValueError, match="unknown task field"):
+        taskdb.get("proj", "t1", ["bogus"])
+
+
+def test_insert_many_ignores_existing(taskdb):
+    tasks = [make_task(f"http://x/{i}") for i in range(5)]
+    assert taskdb.insert_many(tasks[:3]) == 3
+    changed = [make_task(t.url, priority=9) for t in tasks[:3]]
+    assert taskdb.insert_many(changed + tasks[3:] + tasks[3:]) == 2
+    assert taskdb.count("proj") == 5
+    assert taskdb.get_task("proj", tasks[0].taskid).schedule.priority == 0  # left as it was
+    assert taskdb.insert(tasks[0]) is False
+    assert taskdb.insert_many([]) == 0
+    big = [make_task(f"http://big/{i}") for i in range(2500)]
+    assert taskdb.insert_many(big) == 2500 and taskdb.count("proj") == 2505
+
+
+def test_update_and_update_many(taskdb):
+    tasks = [make_task(f"http://x/{i}") for i in range(4)]
+    taskdb.insert_many(tasks)
+    first = tasks[0]
+    first.status = TaskStatus.SUCCESS
+    first.track = Track(fetch={"ok": True}, process={"ok": True})
+    first.schedule.priority = 3
+    first.lastcrawltime = 55.5
+    assert taskdb.update(first) is True
+    assert taskdb.get_task("proj", first.taskid) == first
+    for t in tasks[1:]:
+        t.status = TaskStatus.BAD
+        t.fetch.data = b"\x00"
+    assert taskdb.update_many(tasks[1:] + [make_task("http://missing/")]) == 3
+    assert [taskdb.get_task("proj", t.taskid) for t in tasks] == tasks
+    assert taskdb.update(make_task("http://missing/")) is False
+    assert taskdb.count("proj", TaskStatus.ACTIVE) == 0
+
+
+def test_load_active_pages_in_scheduling_order(taskdb):
+    rng = random.Random(7)
+    tasks = [make_task(f"http://x/{i}", priority=rng.choice([-1, 0, 0, 2, 5]),
+                       exetime=rng.choice([0.0, 0.0, 10.5, 99.0]),
+                       status=rng.choice([TaskStatus.ACTIVE] * 4 + [TaskStatus.SUCCESS]))
+             for i in range(120)]
+    taskdb.insert_many(tasks + [make_task("http://other/", project="other")])
+    expected = sorted((t for t in tasks if t.status is TaskStatus.ACTIVE), key=lambda t: (
+        -t.schedule.priority, t.schedule.exetime, t.taskid))
+    pages, after = [], None
+    while True:
+        page = taskdb.load_active("proj", 7, after=after)
+        assert len(page) <= 7
+        if not page:
+            break
+        pages.extend(page)
+        after = taskdb.order_key(page[-1])
+    assert [t.taskid for t in pages] == [t.taskid for t in expected]
+    assert pages == expected
+    assert taskdb.load_active("proj", 1000) == expected
+    assert taskdb.load_active("empty", 10) == []
+
+
+def test_counts_projects_select_drop(taskdb):
+    statuses = [TaskStatus.ACTIVE] * 3 + [TaskStatus.SUCCESS] * 2 + [TaskStatus.BAD]
+    tasks = [make_task(f"http://x/{i}", status=s) for i, s in enumerate(statuses)]
+    for i, t in enumerate(tasks):
+        t.updatetime = 100.0 + i
+    taskdb.insert_many(tasks + [make_task("http://y/", project="p2")])
+    counts = {TaskStatus.ACTIVE: 3, TaskStatus.SUCCESS: 2, TaskStatus.FAILED: 0, TaskStatus.BAD: 1}
+    assert taskdb.status_count("proj") == counts
+    assert taskdb.status_count("nothing") == dict.fromkeys(TaskStatus, 0)
+    assert taskdb.status_counts() == {"proj": counts, "p2": {**dict.fromkeys(TaskStatus, 0),
+                                                            TaskStatus.ACTIVE: 1}}
+    assert taskdb.count("proj") == 6 and taskdb.count("proj", "SUCCESS") == 2
+    assert taskdb.projects() == {"proj", "p2"}
+    newest = taskdb.select(project="proj", limit=2)
+    assert [t["taskid"] for t in newest] == [tasks[5].taskid, tasks[4].taskid]
+    assert newest[0] == tasks[5].to_dict()
+    assert [t["taskid"] for t in taskdb.select(project="proj", status=TaskStatus.SUCCESS, offset=1)] \
+        == [tasks[3].taskid]
+    assert len(taskdb.select()) == 7
+    assert taskdb.drop("proj") == 6 and taskdb.drop("proj") == 0
+    assert taskdb.projects() == {"p2"}
+
+
+def test_bad_task_values_are_storage_errors(taskdb):
+    with pytest.raises(StorageError, match="task id"):
+        taskdb.insert(Task(taskid="x" * 300, project="proj", url="http://x/"))
+    with pytest.raises(StorageError, match="proj/t"):
+        taskdb.insert(Task(taskid="t", project="proj", url="http://x/", fetch=Fetch(save=object())))
+    assert taskdb.count("proj") == 0
+
+
+def test_sqlite_load_active_uses_index(tmp_path):
+    db = storage.connect_taskdb(f"sqlite:///{tmp_path}/t.db")
+    try:
+        with db.engine.connect() as conn:
+            for after in (None, (1, 2.0, "abc")):
+                for query in active_queries("proj", after):
+                    sql = str(query.limit(1000).compile(conn, compile_kwargs={"literal_binds": True}))
+                    plan = " ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+                    assert "ix_spiderflow_task_order" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        db.close()
+        storage.dispose_engines()
+
+
+# -- resultdb ----------------------------------------------------------------------
+
+def test_result_upsert_last_write_wins(resultdb):
+    before = time.time()
+    resultdb.upsert(ResultPack(project="proj", taskid="a", url="http://a/", result={"v": 1}))
+    got = resultdb.get("proj", "a")
+    assert got["result"] == {"v": 1} and got["url"] == "http://a/" and got["updatetime"] >= before
+    resultdb.upsert(ResultPack(project="proj", taskid="a", url="http://a2/", result=[1, "é"],
+                               updatetime=5.0))
+    assert resultdb.get("proj", "a") == {"project": "proj", "taskid": "a", "url": "http://a2/",
+                                         "result": [1, "é"], "updatetime": 5.0}
+    resultdb.upsert_many([ResultPack("proj", "b", "u", 1, 1.0), ResultPack("proj", "a", "u", "x", 2.0),
+                          ResultPack("proj", "b", "u", None, 3.0), ResultPack("p2", "a", "u", 0, 4.0)])
+    assert resultdb.get("proj", "a")["result"] == "x"
+    assert resultdb.get("proj", "b") == {"project": "proj", "taskid": "b", "url": "u", "result": None,
+                                         "updatetime": 3.0}
+    assert resultdb.count("proj") == 2 and resultdb.projects() == {"proj", "p2"}
+    assert resultdb.get("proj", "zzz") is None
+    assert resultdb.drop("proj") == 2 and resultdb.count("proj") == 0 and resultdb.projects() == {"p2"}
+
+
+def test_result_not_json_is_rejected(resultdb):
+    good = ResultPack("proj", "ok", "u", {"fine": True}, 1.0)
+    for bad in (b"bytes", {"x": object()}, float("nan")):
+        with pytest.raises(StorageError, match="proj/bad"):
+            resultdb.upsert_many([good, ResultPack("proj", "bad", "u", bad, 1.0)])
+    assert resultdb.count("proj") == 0  # nothing of the failed batch was written
+
+
+def test_result_select_streams_in_order(resultdb):
+    packs = [ResultPack("proj", f"t{i:02d}", f"http://x/{i}", {"i": i}, 1.0 + i % 4) for i in range(23)]
+    resultdb.upsert_many(packs)
+    resultdb.upsert(ResultPack("other", "t00", "u", 0, 0.0))
+    ordered = [p.taskid for p in sorted(packs, key=lambda p: (p.updatetime, p.taskid))]
+    assert [r["taskid"] for r in resultdb.select("proj", chunk=4)] == ordered
+    assert [r["taskid"] for r in resultdb.select("proj", offset=5, limit=9, chunk=4)] == ordered[5:14]
+    assert [r["taskid"] for r in resultdb.select("proj", offset=20)] == ordered[20:]
+    assert list(resultdb.select("proj", limit=0)) == []
+    first = next(resultdb.select("proj"))
+    assert first["result"] == {"i": 0} and first["project"] == "proj"
+
+
+# -- schema, URLs, engines ---------------------------------------------------------
+
+def test_schema_version_too_new(db_url, taskdb):
+    with taskdb.engine.begin() as conn:
+        conn.execute(META.update().where(META.c.key == "schema_version:taskdb").values(value="999"))
+    storage.dispose_engines()
+    with pytest.raises(SchemaVersionError, match="schema version 999, newer"):
+        storage.connect_taskdb(db_url)
+    storage.connect_resultdb(db_url).close()  # other roles are unaffected
+
+
+def test_url_schemes():
+    with pytest.raises(UnknownSchemeError) as info:
+        storage.connect_taskdb("oracle://scott:tiger@db/orcl")
+    message = str(info.value)
+    assert "oracle" in message and "tiger" not in message
+    for scheme in ("sqlite", "postgresql", "postgresql+psycopg", "mysql", "mysql+pymysql"):
+        assert scheme in message
+    with pytest.raises(UnknownSchemeError):
+        storage.connect_projectdb("not a url")
+    assert storage.resolve_url("postgresql://u:p@h/db").drivername == "postgresql+psycopg"
+    assert storage.resolve_url("mysql://u@h/db").drivername == "mysql+pymysql"
+
+
+def test_missing_driver_names_the_extra(monkeypatch):
+    monkeypatch.setitem(storage.DIALECTS, "fakedb",
+                        storage.Dialect("sqlite", "spiderflow_no_such_driver", "fakedb"))
+    with pytest.raises(ConfigError, match=r'pip install "spiderflow\[fakedb\]"') as info:
+        storage.connect_taskdb("fakedb://user:secret@host/db")
+    assert "secret" not in str(info.value)
+
+
+def test_connection_errors_hide_the_password():
+    with pytest.raises(StorageError) as info:
+        storage.connect_taskdb("postgresql://postgres:hunter2@127.0.0.1:1/test")
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)
+
+
+def test_engine_is_shared_and_released(tmp_path):
+    url = f"sqlite:///{tmp_path}/shared.db"
+    a, b = storage.connect_taskdb(url), storage.connect_resultdb(url)
+    assert a.engine is b.engine
+    a.close()
+    a.close()
+    assert b.count("proj") == 0
+    b.close()
+    c = storage.connect_taskdb(url)
+    assert c.engine is not a.engine
+    c.close()
+    memory = [storage.connect_taskdb("sqlite://"), storage.connect_taskdb("sqlite://")]
+    memory[0].insert(make_task("http://m/"))
+    assert memory[1].count("proj") == 1
+    for db in memory:
+        db.close()
+
+
+def _write_tasks(url: str, worker: int) -> None:
+    db = storage.connect_taskdb(url)
+    for batch in range(10):
+        db.insert_many([make_task(f"http://w{worker}/{batch}/{i}") for i in range(50)])
+        db.update(make_task(f"http://w{worker}/{batch}/0", status=TaskStatus.SUCCESS))
+    db.close()
+
+
+def _use_inherited(db) -> None:
+    db.insert_many([make_task(f"http://child/{i}") for i in range(50)])
+    assert db.count("proj") == 51
+    db.close()
+
+
+@needs_fork
+def test_db_object_used_after_fork(taskdb):
+    taskdb.insert(make_task("http://parent/"))  # the parent's pool now holds a connection
+    child = multiprocessing.get_context("fork").Process(target=_use_inherited, args=(taskdb,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    taskdb.insert(make_task("http://parent/2"))
+    assert taskdb.count("proj") == 52
+
+
+@needs_fork
+def test_sqlite_engines_share_writes(tmp_path):
+    url = f"sqlite:///{tmp_path}/wal/task.db"
+    one, two = storage.TaskDB(storage.create_engine(url)), storage.TaskDB(storage.create_engine(url))
+    try:
+        with one.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        one.insert(make_task("http://a/"))
+        assert two.count("proj") == 1
+        two.update(make_task("http://a/", status=TaskStatus.SUCCESS))
+        assert one.status_count("proj")[TaskStatus.SUCCESS] == 1
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=_write_tasks, args=(url, w)) for w in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0, 0, 0]
+        assert one.count("proj") == 1 + 3 * 500
+        assert two.count("proj", TaskStatus.SUCCESS) == 1 + 3 * 10
+    finally:
+        one.engine.dispose()
+        two.engine.dispose()
