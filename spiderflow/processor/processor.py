@@ -1,0 +1,240 @@
+"""The processor stage: run each fetched page through its project's callback.
+
+:meth:`Processor.process` turns one ``(Task, FetchResult)`` into a :class:`ProcessOutcome`
+(status pack, new tasks, result packs, logs, exception) without touching any queue; the
+debugger and OneScheduler call it directly. :meth:`Processor.run` is the worker loop: it
+takes pairs from fetcher2processor and, per task, puts the follows on newtask_queue (in
+``put_many`` batches), the results on processor2result, then one status pack on
+status_queue, in that order, so the scheduler never sees a task done before its follows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import QueueClosed, QueueEmpty, SerializationError
+from ..message import FetchResult, ResultPack, StatusPack, Task, Track
+from ..settings import Settings
+from .project import DEFAULT_CHECK_INTERVAL, Project, ProjectManager, TaskRun
+from .response import Response
+
+logger = logging.getLogger(__name__)
+
+#: Characters of the first result kept in track.process.result.
+RESULT_SUMMARY = 100
+#: Suffix of the task id of the second, third, ... result of one task: ``<taskid>#1``, ``#2``...
+RESULT_SEPARATOR = "#"
+
+_STRICT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(slots=True)
+class ProcessOutcome:
+    """Everything processing one task produced, ready to be put on the queues."""
+
+    status_pack: StatusPack
+    new_tasks: list[Task]
+    results: list[ResultPack]
+    logs: list[str]
+    exception: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.exception is None
+
+
+class Processor:
+    """Runs callbacks: fetcher2processor in; newtask_queue, processor2result, status_queue out."""
+
+    def __init__(self, inqueue: Any = None, status_queue: Any = None, newtask_queue: Any = None,
+                 result_queue: Any = None, projectdb: Any = None, settings: Settings | None = None,
+                 clock: Callable[[], float] = time.time, *, projects: ProjectManager | None = None,
+                 capture_stdout: bool = True, check_interval: float = DEFAULT_CHECK_INTERVAL,
+                 poll_interval: float = 1.0):
+        self.inqueue = inqueue
+        self.status_queue = status_queue
+        self.newtask_queue = newtask_queue
+        self.result_queue = result_queue
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.projects = projects or ProjectManager(projectdb, check_interval=check_interval, clock=clock,
+                                                   time_limit=self.settings.process_time_limit)
+        self.capture_stdout = capture_stdout
+        self.poll_interval = poll_interval
+        self.processed = 0
+        self.failed = 0
+        self._stop = threading.Event()
+
+    # -- one task, no queues ---------------------------------------------------------------------
+    def process(self, task: Task | dict, fetch_result: FetchResult | dict, project: Project | None = None) -> ProcessOutcome:
+        """Run *task*'s callback on *fetch_result* and build the messages; never raises for user errors."""
+        task = Task.from_dict(task)
+        fetch_result = FetchResult.from_dict(fetch_result)
+        started = time.perf_counter()
+        now = self.clock()
+        response = Response.from_fetch_result(fetch_result, task)
+        run = self._run(task, response, project, now)
+        results, result_error = self._result_packs(task, run.results, now)
+        exception = run.exception
+        if result_error:
+            exception = f"{exception}\n\n{result_error}" if exception else result_error
+            run.logs.append(f"[E {task.project}:{task.taskid}] {result_error}")
+        new_tasks = run.follows + run.messages if run.messages else run.follows
+        track = Track(
+            fetch=self._fetch_track(task, fetch_result, response),
+            process=self._process_track(run, exception, len(new_tasks), results, time.perf_counter() - started),
+        )
+        status = StatusPack(taskid=task.taskid, project=task.project, url=task.url, track=track,
+                            schedule=task.schedule)
+        self.processed += 1
+        if exception is None:
+            logger.debug("process %s:%s %s -> [%d] follows:%d results:%d", task.project, task.taskid,
+                         task.url, fetch_result.status_code, len(new_tasks), len(results))
+        else:
+            self.failed += 1
+            logger.error("process %s:%s %s -> [%d] failed: %s", task.project, task.taskid, task.url,
+                         fetch_result.status_code, exception.rstrip().rsplit("\n", 1)[-1])
+        return ProcessOutcome(status, new_tasks, results, run.logs, exception)
+
+    def _run(self, task: Task, response: Response, project: Project | None, now: float) -> TaskRun:
+        if project is None:
+            try:
+                project = self.projects.get(task.project)
+            except Exception as exc:
+                logger.exception("processor: cannot load project %s", task.project)
+                return TaskRun(exception=f"ScriptError: cannot load project {task.project!r}: {exc}")
+            if project is None:
+                return TaskRun(exception=f"ScriptError: no project named {task.project!r}")
+        limit = task.process.time_limit or self.settings.process_time_limit
+        return project.run(task, response, time_limit=limit, capture_stdout=self.capture_stdout, now=now)
+
+    def _result_packs(self, task: Task, values: list[Any], now: float) -> tuple[list[ResultPack], str | None]:
+        """One ResultPack per result: the first keyed by the task id, the next by ``<taskid>#<n>``."""
+        packs: list[ResultPack] = []
+        errors: list[str] = []
+        for index, value in enumerate(values):
+            try:
+                _STRICT_JSON.encode(value)
+            except (TypeError, ValueError, RecursionError) as exc:
+                errors.append(f"result {index} of the callback is not JSON data and was dropped: {exc}")
+                continue
+            taskid = task.taskid if index == 0 else f"{task.taskid}{RESULT_SEPARATOR}{index}"
+            packs.append(ResultPack(project=task.project, taskid=taskid, url=task.url, result=value, updatetime=now))
+        return packs, ("ResultError: " + "; ".join(errors)) if errors else None
+
+    @staticmethod
+    def _fetch_track(task: Task, result: FetchResult, response: Response) -> dict[str, Any]:
+        headers = response.headers
+        etag = headers.get("etag")
+        last_modified = headers.get("last-modified")
+        if result.status_code == 304:  # not modified: keep the validators of the fetch before
+            etag = etag or task.track.fetch.get("etag")
+            last_modified = last_modified or task.track.fetch.get("last_modified")
+        track = {
+            "ok": result.ok, "status_code": result.status_code, "url": result.url, "time": result.time,
+            "error": result.error, "content_length": len(result.content),
+            "etag": etag, "last_modified": last_modified,
+        }
+        if response.known_encoding is not None:
+            track["encoding"] = response.known_encoding
+        if result.truncated:
+            track["truncated"] = True
+        return track
+
+    def _process_track(self, run: TaskRun, exception: str | None, follows: int, results: list[ResultPack],
+                       elapsed: float) -> dict[str, Any]:
+        tail = self.settings.log_tail
+        logs = run.logs[-tail:] if tail > 0 else []
+        track: dict[str, Any] = {
+            "ok": exception is None, "time": elapsed, "follows": follows, "results": len(results),
+            "logs": "\n".join(logs), "exception": exception,
+            "result": _summary(results[0].result) if results else None,
+        }
+        if run.save:
+            track["save"] = _plain(run.save)
+        return track
+
+    # -- the worker loop -----------------------------------------------------------------------------
+    def handle(self, task: Task, fetch_result: FetchResult) -> ProcessOutcome:
+        """Process one task and put what it produced on the queues."""
+        outcome = self.process(task, fetch_result)
+        self.dispatch(outcome)
+        return outcome
+
+    def dispatch(self, outcome: ProcessOutcome) -> None:
+        """Put an outcome's follows, results and status pack on the queues, in that order."""
+        if outcome.new_tasks and self.newtask_queue is not None:
+            batch = max(1, self.settings.newtask_batch)
+            tasks = outcome.new_tasks
+            for start in range(0, len(tasks), batch):
+                self.newtask_queue.put_many(tasks[start:start + batch])
+        if outcome.results and self.result_queue is not None:
+            self.result_queue.put_many(outcome.results)
+        if self.status_queue is not None:
+            self.status_queue.put(outcome.status_pack)
+
+    def run(self, burst: bool = False) -> None:
+        """Process until stop() (warm: the task in hand is finished), or until drained with *burst*."""
+        logger.info("processor starting%s", " (burst)" if burst else "")
+        reason = "stopped"
+        while not self._stop.is_set():
+            try:
+                delivery = self.inqueue.receive(timeout=0 if burst else self.poll_interval)
+            except QueueEmpty:
+                if burst:
+                    reason = "inqueue drained"
+                    break
+                continue
+            except SerializationError:
+                continue  # dropped and logged by the queue
+            except QueueClosed:
+                reason = "inqueue closed"
+                break
+            try:
+                self._handle_message(delivery.message)
+            except QueueClosed:
+                reason = "an output queue is closed"
+                break
+            except Exception:
+                logger.exception("processor: failed to handle a message; going on")
+            finally:
+                delivery.ack()
+        logger.info("processor exiting: %s (%d tasks, %d failed)", reason, self.processed, self.failed)
+
+    def _handle_message(self, message: Any) -> None:
+        if (isinstance(message, (tuple, list)) and len(message) == 2
+                and isinstance(message[0], Task) and isinstance(message[1], FetchResult)):
+            self.handle(message[0], message[1])
+        else:
+            logger.error("processor: dropping a message that is not (Task, FetchResult): %.200r", message)
+
+    def stop(self) -> None:
+        """Warm shutdown: finish the task in hand, then leave run()."""
+        self._stop.set()
+
+    def project_errors(self) -> dict[str, str]:
+        """{project: error} for every project whose script failed to load."""
+        return self.projects.errors()
+
+
+def _summary(value: Any) -> str:
+    text = value if isinstance(value, str) else _STRICT_JSON.encode(value)
+    return text if len(text) <= RESULT_SUMMARY else text[:RESULT_SUMMARY - 3] + "..."
+
+
+def _plain(value: Any) -> Any:
+    """*value* if it is JSON data, else its repr (track fields must survive every queue)."""
+    try:
+        _STRICT_JSON.encode(value)
+        return value
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:1000]
+
+
+__all__ = ["ProcessOutcome", "Processor", "RESULT_SEPARATOR", "RESULT_SUMMARY"]

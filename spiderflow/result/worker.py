@@ -1,0 +1,188 @@
+"""The result worker: take ResultPacks from processor2result and store them.
+
+:class:`ResultWorker` upserts by (project, taskid) into resultdb, ``settings.result_batch``
+packs per transaction, so a re-sent task overwrites its result instead of adding one. A
+batch that fails is retried pack by pack, so one bad result cannot sink the others; a pack
+that still fails is logged and dropped.
+
+Custom sinks: subclass and override :meth:`ResultWorker.on_result` (one pack) or
+:meth:`ResultWorker.on_results` (a batch), or publish a class under the entry point group
+``spiderflow.result_sinks`` and load it with :func:`load_result_worker_class`::
+
+    [options.entry_points]
+    spiderflow.result_sinks =
+        kafka = mypackage.sinks:KafkaResultWorker
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Any, TextIO
+
+from ..exceptions import ConfigError, QueueClosed, QueueEmpty, SerializationError
+from ..message import ResultPack
+from ..settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "spiderflow.result_sinks"
+
+
+class ResultWorker:
+    """Stores results; override on_result / on_results to send them elsewhere."""
+
+    def __init__(self, inqueue: Any = None, resultdb: Any = None, settings: Settings | None = None, *,
+                 poll_interval: float = 1.0):
+        self.inqueue = inqueue
+        self.resultdb = resultdb
+        self.settings = settings or Settings()
+        self.poll_interval = poll_interval
+        self.stored = 0
+        self.failed = 0
+        self._stop = threading.Event()
+
+    # -- the hooks -----------------------------------------------------------------------------
+    def on_result(self, pack: ResultPack) -> None:
+        """Store one result. Override for a per-result sink."""
+        if self.resultdb is None:
+            raise ConfigError(f"{type(self).__name__} has no resultdb; give one or override on_result")
+        self.resultdb.upsert(pack)
+
+    def on_results(self, packs: Sequence[ResultPack]) -> None:
+        """Store a batch. The default upserts it in one transaction (or calls an overridden on_result)."""
+        if type(self).on_result is not ResultWorker.on_result or self.resultdb is None:
+            for pack in packs:
+                self.on_result(pack)
+        else:
+            self.resultdb.upsert_many(packs)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def handle(self, packs: Sequence[ResultPack]) -> int:
+        """Store *packs* through the hooks; returns how many were stored. Never raises for bad packs."""
+        if not packs:
+            return 0
+        try:
+            self.on_results(packs)
+            self.stored += len(packs)
+            return len(packs)
+        except Exception as exc:
+            if len(packs) == 1:
+                self._drop(packs[0], exc)
+                return 0
+            logger.warning("result worker: a batch of %d failed (%s); storing one by one", len(packs), exc)
+        stored = 0
+        for pack in packs:
+            try:
+                self.on_results([pack])
+            except Exception as exc:
+                self._drop(pack, exc)
+            else:
+                stored += 1
+        self.stored += stored
+        return stored
+
+    def _drop(self, pack: ResultPack, exc: BaseException) -> None:
+        self.failed += 1
+        logger.error("result worker: dropping the result of %s:%s (%s): %s",
+                     pack.project, pack.taskid, pack.url, exc)
+
+    def run(self, burst: bool = False) -> None:
+        """Store results until stop() (warm: the batch in hand is stored), or until drained with *burst*."""
+        logger.info("result worker starting%s", " (burst)" if burst else "")
+        batch = max(1, self.settings.result_batch)
+        reason = "stopped"
+        while not self._stop.is_set():
+            try:
+                deliveries = self.inqueue.receive_many(batch, timeout=0 if burst else self.poll_interval)
+            except (QueueEmpty, SerializationError):
+                deliveries = []
+            except QueueClosed:
+                reason = "inqueue closed"
+                break
+            if not deliveries:
+                if burst:
+                    reason = "inqueue drained"
+                    break
+                continue
+            packs = []
+            for delivery in deliveries:
+                if isinstance(delivery.message, ResultPack):
+                    packs.append(delivery.message)
+                else:
+                    logger.error("result worker: dropping a message that is not a ResultPack: %.200r",
+                                 delivery.message)
+            try:
+                self.handle(packs)
+            except Exception:  # a hook bug must not end the loop
+                logger.exception("result worker: failed to handle a batch; going on")
+            finally:
+                for delivery in deliveries:
+                    delivery.ack()
+        logger.info("result worker exiting: %s (%d stored, %d dropped)", reason, self.stored, self.failed)
+
+    def stop(self) -> None:
+        """Warm shutdown: store the batch in hand, then leave run()."""
+        self._stop.set()
+
+
+class JsonLinesResultWorker(ResultWorker):
+    """A sink that writes each result as one JSON line to a text stream (stdout by default)."""
+
+    def __init__(self, inqueue: Any = None, resultdb: Any = None, settings: Settings | None = None, *,
+                 stream: TextIO | None = None, poll_interval: float = 1.0):
+        super().__init__(inqueue, resultdb, settings, poll_interval=poll_interval)
+        self.stream = stream
+
+    def on_result(self, pack: ResultPack) -> None:
+        self.on_results([pack])
+
+    def on_results(self, packs: Sequence[ResultPack]) -> None:
+        lines = [json.dumps({"project": p.project, "taskid": p.taskid, "url": p.url, "result": p.result,
+                             "updatetime": p.updatetime}, ensure_ascii=False, allow_nan=False) + "\n"
+                 for p in packs]
+        stream = self.stream or sys.stdout
+        stream.write("".join(lines))
+        stream.flush()
+
+
+#: Sinks available without an entry point.
+BUILTIN_WORKERS: dict[str, type[ResultWorker]] = {
+    "resultdb": ResultWorker,
+    "jsonl": JsonLinesResultWorker,
+}
+
+
+def load_result_worker_class(name: str | None = None) -> type[ResultWorker]:
+    """The ResultWorker class called *name*: a built-in, an entry point of ``spiderflow.result_sinks``, or ``module:Class``."""
+    if not name:
+        return ResultWorker
+    if name in BUILTIN_WORKERS:
+        return BUILTIN_WORKERS[name]
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    try:
+        if found:
+            cls = found[0].load()
+        elif ":" in name:
+            module_name, _, attr = name.partition(":")
+            cls = getattr(importlib.import_module(module_name), attr)
+        else:
+            known = sorted({*BUILTIN_WORKERS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+            raise ConfigError(f"unknown result sink {name!r}; known sinks: {', '.join(known)} "
+                              f"(or give module:Class)")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot load result sink {name!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, ResultWorker)):
+        raise ConfigError(f"result sink {name!r} is {cls!r}, not a subclass of ResultWorker")
+    return cls
+
+
+__all__ = ["BUILTIN_WORKERS", "ENTRY_POINT_GROUP", "JsonLinesResultWorker", "ResultWorker",
+           "load_result_worker_class"]
