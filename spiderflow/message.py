@@ -187,7 +187,7 @@ class Fetch(_Message):
     timeout: float | None = None
     connect_timeout: float | None = None
     allow_redirects: bool = True
-    max_redirects: int = 5
+    max_redirects: int | None = None
     validate_cert: bool = True
     proxy: str | bool | None = None
     etag: str | bool = True
@@ -201,7 +201,7 @@ class Fetch(_Message):
         "method": str, "headers": dict, "params": (dict, type(None)),
         "data": (bytes, str, dict, type(None)), "files": (dict, type(None)), "cookies": dict,
         "user_agent": _OPT_STR, "timeout": _OPT_NUM, "connect_timeout": _OPT_NUM,
-        "allow_redirects": bool, "max_redirects": int, "validate_cert": bool,
+        "allow_redirects": bool, "max_redirects": (int, type(None)), "validate_cert": bool,
         "proxy": (str, bool, type(None)), "etag": (str, bool), "last_modified": (str, bool),
         "use_gzip": bool, "robots_txt": bool, "fetch_type": _OPT_STR, "save": _ANY,
     }
