@@ -1,0 +1,196 @@
+"""Step 3 of the loop: new requests from newtask_queue, deduplicated by taskid.
+
+A mixin of :class:`~spiderflow.scheduler.Scheduler`. Requests are grouped by project;
+their taskids are looked up in memory, in the batched writes not yet flushed, and then in
+taskdb with one ``get_many`` (light fields only; schedules are read just for requests that
+carry an itag). New tasks are stored with one ``insert_many``. An old task is restarted
+when its itag changed, its age expired (after a crawl), or force_update is set; cancel
+marks it BAD; a restart of a task in flight waits until the task returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..exceptions import SerializationError
+from ..message import Task, TaskStatus, Track
+from .checks import coerce_task, flatten, make_active
+from .operations import EPHEMERAL
+from .project import ProjectState
+
+logger = logging.getLogger(__name__)
+
+_LIGHT_FIELDS = ["taskid", "status", "lastcrawltime"]
+_ACTIVE = TaskStatus.ACTIVE
+
+
+class NewTasks:
+    """Check requests: dedupe, insert, restart, cancel, postpone."""
+
+    def _check_requests(self, now: float) -> None:
+        batch: list[Any] = []
+        if self._postponed:
+            still: list[Task] = []
+            for task in self._postponed:
+                p = self.projects.get(task.project)
+                if p is not None and p.queue.is_processing(task.taskid):
+                    still.append(task)
+                else:
+                    batch.append(task)
+            self._postponed = still
+        if self._requests:
+            batch.extend(self._requests)
+            self._requests.clear()
+        if self.request_batch > 0:
+            batch.extend(self.newtask_queue.get_many(self.request_batch, 0))
+        if batch:
+            self._on_request_msgs(batch, now)
+        self._flush()
+
+    def _on_request_msgs(self, msgs: Iterable[Any], now: float) -> None:
+        groups: dict[str, list[Task]] = {}
+        for msg in flatten(msgs):
+            try:
+                task = coerce_task(msg)
+            except (SerializationError, ValueError) as exc:
+                logger.error("dropping a malformed new task: %s", exc)
+                continue
+            tasks = groups.get(task.project)
+            if tasks is None:
+                if self._project(task.project, now) is None:
+                    logger.error("dropping new task %s:%s %s: unknown project", task.project, task.taskid, task.url)
+                    continue
+                tasks = groups[task.project] = []
+            tasks.append(task)
+        for name, tasks in groups.items():
+            self._work += len(tasks)
+            self._on_requests(self.projects[name], tasks, now)
+
+    def _on_requests(self, p: ProjectState, tasks: list[Task], now: float) -> None:
+        """Dedupe *tasks* by taskid against memory and taskdb; insert, restart, cancel or ignore."""
+        queue = p.queue
+        pending = self._pending                     # batched writes: newer than taskdb
+        name = p.name
+        unknown = {t.taskid for t in tasks
+                   if t.taskid not in queue and (name, t.taskid) not in pending and t.taskid not in EPHEMERAL}
+        stored = self.taskdb.get_many(p.name, list(unknown), fields=_LIGHT_FIELDS) if unknown else {}
+        itags = [t.taskid for t in tasks if t.schedule.itag is not None and t.taskid in stored]
+        if itags:   # the old itag only matters to requests that carry one: read schedules just for them
+            for taskid, row in self.taskdb.get_many(p.name, itags, fields=["taskid", "schedule"]).items():
+                stored[taskid]["itag"] = (row.get("schedule") or {}).get("itag")
+        limit = self.settings.inqueue_limit
+        active = self._active_count(p) if limit > 0 else 0
+        seen: dict[str, Task] = {}                  # this batch's tasks, by taskid
+        inserts: dict[str, Task] = {}
+        need_track: list[Task] = []
+        dropped = 0
+        debug = logger.isEnabledFor(logging.DEBUG)
+        for task in tasks:
+            taskid = task.taskid
+            if taskid in EPHEMERAL:
+                p.specials.append(task)
+                continue
+            s = task.schedule
+            old: Any = seen.get(taskid) or queue.get(taskid) or pending.get((name, taskid))
+            if old is None:
+                old = stored.get(taskid)
+                if old is None:
+                    if s.cancel:
+                        logger.info("cancel of unknown task %s:%s ignored", p.name, taskid)
+                        continue
+                    if limit > 0 and active >= limit:
+                        dropped += 1
+                        continue
+                    active += 1
+                    make_active(task, now)
+                    inserts[taskid] = task
+                    seen[taskid] = task
+                    if debug:
+                        logger.debug("new task %s:%s %s", p.name, taskid, task.url)
+                    continue
+                old_status, old_itag, old_lastcrawl = old.get("status"), old.get("itag"), old.get("lastcrawltime")
+            else:
+                old_status, old_itag, old_lastcrawl = old.status, old.schedule.itag, old.lastcrawltime
+            # age: recrawl when the last crawl is too old (a task never crawled is pending anyway)
+            restart = (s.force_update or s.cancel or (s.itag is not None and s.itag != old_itag)
+                       or (s.age >= 0 and (old_lastcrawl is not None or old_status != _ACTIVE)
+                           and (old_lastcrawl or 0) + s.age < now))
+            if not restart:
+                continue
+            if queue.is_processing(taskid) and taskid not in seen:
+                logger.info("postponed request for %s:%s %s until the task in flight returns", p.name, taskid, task.url)
+                self._postponed.append(task)
+                continue
+            old_status = TaskStatus(old_status)
+            if s.cancel:
+                self._cancel(p, task, old, old_status, now)
+                seen[taskid] = task
+                continue
+            if old_status is not _ACTIVE:
+                if limit > 0 and active >= limit:
+                    dropped += 1
+                    continue
+                active += 1
+            make_active(task, now)
+            task.lastcrawltime = old_lastcrawl
+            if isinstance(old, Task):
+                task.track = old.track
+            else:
+                need_track.append(task)
+            if taskid not in seen:
+                queue.remove(taskid)
+            self._restarted(p, old_status)
+            seen[taskid] = task
+            logger.info("restart task %s:%s %s", p.name, taskid, task.url)
+        if need_track:
+            full = self.taskdb.get_many(p.name, [t.taskid for t in need_track], fields=["taskid", "track"])
+            for task in need_track:
+                row = full.get(task.taskid)
+                if row and isinstance(row.get("track"), dict):
+                    with contextlib.suppress(SerializationError):
+                        task.track = Track.from_dict(row["track"])
+        if dropped:
+            logger.warning("project %s: inqueue limit %d reached; dropped %d new tasks", p.name, limit, dropped)
+        if inserts:
+            stored_tasks = self._store("insert_many", list(inserts.values()))
+            if len(stored_tasks) < len(inserts):
+                kept = {t.taskid for t in stored_tasks}
+                for taskid in [t for t in inserts if t not in kept]:
+                    del inserts[taskid]
+                    if seen.get(taskid) is not None and seen[taskid].status is _ACTIVE:
+                        del seen[taskid]
+            self._counters.event(p.name, "pending", len(inserts))
+            self._active_delta(p, len(inserts))
+        for taskid, task in seen.items():
+            if task.status is _ACTIVE:
+                if inserts.get(taskid) is not task:
+                    self._write(task)
+                self.window.place(p, task, now)
+
+    def _cancel(self, p: ProjectState, task: Task, old: Any, old_status: TaskStatus, now: float) -> None:
+        if isinstance(old, Task):
+            base = old
+        else:
+            base = self.taskdb.get_task(p.name, task.taskid) or task
+        p.queue.remove(task.taskid)
+        bad = dataclasses.replace(base, status=TaskStatus.BAD, schedule=task.schedule, updatetime=now)
+        task.status = TaskStatus.BAD
+        self._write(bad)
+        if old_status is _ACTIVE:
+            self._counters.event(p.name, "pending", -1, windows=False)
+            self._active_delta(p, -1)
+        logger.info("cancel task %s:%s %s", p.name, task.taskid, task.url)
+
+    def _restarted(self, p: ProjectState, old_status: TaskStatus) -> None:
+        if old_status is _ACTIVE:
+            return
+        self._counters.event(p.name, "pending")
+        if old_status is TaskStatus.SUCCESS:
+            self._counters.event(p.name, "success", -1, windows=False)
+        elif old_status is TaskStatus.FAILED:
+            self._counters.event(p.name, "failed", -1, windows=False)
+        self._active_delta(p, 1)

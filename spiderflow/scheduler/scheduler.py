@@ -1,0 +1,591 @@
+"""The scheduler: the single source of truth for task state, and the ``run_once`` loop.
+
+``run_once()`` runs, in order: update projects, check task done (status_queue), check
+requests (newtask_queue), cron jobs, select (per project: time queue → priority queue,
+gated by the token bucket, fair across projects), delete, dump counters.
+
+Every task is written to taskdb before it is dispatched; a status pack for a task that is
+not in flight is ignored; a task whose lease expires is sent again. Only a bounded window
+of each project's ACTIVE tasks is held in memory (see :mod:`.window`). New requests are
+handled in :mod:`.newtasks`; the operations the control interface calls are in
+:mod:`.operations`; per-project state (bucket, pause, script info, cursor) in :mod:`.project`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..exceptions import QueueFull, SerializationError, StorageError
+from ..message import ProjectStatus, StatusPack, Task, TaskStatus, Track, special_task
+from ..settings import Settings
+from .checks import coerce_status, error_text
+from .counter import Counters
+from .newtasks import NewTasks
+from .operations import EPHEMERAL, Operations
+from .project import CHECKING, ProjectState
+from .window import Window
+
+logger = logging.getLogger(__name__)
+
+GET_INFO_ATTRIBUTES = ["min_tick", "retry_delay", "crawl_config"]
+_CRON_CATCHUP = 100           # missed cron ticks sent per loop at most
+_ACTIVE = TaskStatus.ACTIVE
+_DEFAULT = "<data_dir>/scheduler.counters.json"
+
+
+class Scheduler(NewTasks, Operations):
+    """Schedules every project's tasks to ``out_queue`` (scheduler2fetcher).
+
+    Tuning keywords (candidates for Settings): ``project_check_interval`` (seconds between
+    projectdb polls), ``time_horizon`` (tasks due later than this stay in taskdb only),
+    ``finished_delay`` (how long a project must stay drained before on_finished),
+    ``request_batch`` / ``status_batch`` (messages drained per loop), ``load_pages``
+    (taskdb pages loaded per project per loop at most). ``counter_file``: where counters
+    are saved (default ``<data_dir>/scheduler.counters.json``; None: not saved).
+    """
+
+    def __init__(self, *, projectdb: Any, taskdb: Any, resultdb: Any, newtask_queue: Any,
+                 status_queue: Any, out_queue: Any, settings: Settings = Settings(),
+                 clock: Callable[[], float] = time.time, project_check_interval: float = 5.0,
+                 time_horizon: float = 300.0, finished_delay: float = 1.0,
+                 request_batch: int = 10000, status_batch: int = 10000, load_pages: int = 4,
+                 counter_file: str | None = _DEFAULT):
+        self.projectdb = projectdb
+        self.taskdb = taskdb
+        self.resultdb = resultdb
+        self.newtask_queue = newtask_queue
+        self.status_queue = status_queue
+        self.out_queue = out_queue
+        self.settings = settings
+        self._clock = clock
+        self.project_check_interval = project_check_interval
+        self.time_horizon = time_horizon
+        self.finished_delay = finished_delay
+        self.request_batch = request_batch
+        self.status_batch = status_batch
+        self.load_pages = load_pages
+        self.window = Window(taskdb, settings, time_horizon, load_pages)
+
+        self.projects: dict[str, ProjectState] = {}
+        self._lock: Any = contextlib.nullcontext()   # a real lock in ThreadedScheduler
+        self._stopping = threading.Event()
+        self._requests: deque[Task] = deque()        # from newtask() of the control interface
+        self._postponed: list[Task] = []             # requests for tasks in flight
+        self._pending: dict[tuple[str, str], Task] = {}   # batched taskdb updates
+        self._force_project_check = True
+        self._last_project_check = -math.inf
+        self._unknown_checked: dict[str, float] = {}
+        self._rr = 0
+        self._work = 0
+        self._counts_ready = False
+        self._dispatched = False
+        self._started = clock()
+        if counter_file == _DEFAULT:
+            counter_file = os.path.join(settings.data_dir, "scheduler.counters.json")
+        self._counter_path = counter_file
+        self._counters = Counters(clock)
+        self._counters_loaded = bool(counter_file) and self._counters.load(counter_file)
+        self._last_dump = clock()
+
+    # ==================================================================================
+    # the loop
+    def run_once(self) -> None:
+        """One pass: projects, status packs, new requests, cron, select, delete, counters."""
+        with self._lock:
+            now = self._clock()
+            self._work = 0
+            self._update_projects(now)
+            self._check_task_done(now)
+            self._check_requests(now)
+            self._check_cronjob(now)
+            self._check_select(now)
+            self._check_delete(now)
+            if not self._counts_ready and (self._dispatched or now - self._started > 10.0):
+                self._init_counts()     # a full count: after the first dispatch, not before it
+            self._dump_counters(now)
+
+    async def run(self, burst: bool = False) -> None:
+        """Repeat :meth:`run_once` until :meth:`stop`; with *burst*, also stop when idle."""
+        logger.info("scheduler started")
+        reason = "stopped"
+        try:
+            while not self._stopping.is_set():
+                self._loop_step()
+                if burst and self.idle():
+                    reason = "burst: nothing left to do"
+                    break
+                await asyncio.sleep(0 if self._work else self.settings.loop_interval)
+        finally:
+            self.shutdown()
+            self._stopping.clear()
+            logger.info("scheduler exiting: %s", reason)
+
+    def _loop_step(self) -> None:
+        try:
+            self.run_once()
+        except Exception:  # the loop boundary: one bad pass must not end the scheduler
+            logger.exception("scheduler loop pass failed")
+            self._work = 0
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to exit after the current pass (thread- and signal-safe)."""
+        self._stopping.set()
+
+    def shutdown(self) -> None:
+        """Flush batched taskdb writes and save the counters."""
+        with self._lock:
+            try:
+                self._flush()
+            except Exception:
+                logger.exception("could not flush task updates at shutdown")
+            self._dump_counters(self._clock(), force=True)
+
+    def idle(self) -> bool:
+        """Nothing to do now: queues drained, nothing queued, in flight or left to load."""
+        with self._lock:
+            if self._requests or self._postponed or self._pending:
+                return False
+            if self.newtask_queue.qsize() or self.status_queue.qsize():
+                return False
+            return all(p.idle() and not (p.schedulable and p.selected_since_finished)
+                       for p in self.projects.values())
+
+    # ==================================================================================
+    # step 1: projects
+    def _update_projects(self, now: float) -> None:
+        if not self._force_project_check and now - self._last_project_check < self.project_check_interval:
+            return
+        self._force_project_check = False
+        self._last_project_check = now
+        rows = self.projectdb.list(fields=["name", "group", "status", "rate", "burst", "updatetime"])
+        seen = set()
+        for row in rows:
+            name = row["name"]
+            if not self._wants_project(name):
+                continue
+            seen.add(name)
+            p = self.projects.get(name)
+            if p is None or p.updatetime != float(row.get("updatetime") or 0.0):
+                full = self.projectdb.get(name)          # the script too: it may have changed
+                if full is not None:
+                    self._apply_project(full, now)
+            elif (row.get("status"), row.get("group") or "", row.get("rate"), row.get("burst")) != p.row_sig:
+                self._apply_project(row, now)
+        for name in [n for n in self.projects if n not in seen]:
+            logger.info("project %s is gone from projectdb; forgetting it", name)
+            del self.projects[name]
+            self._postponed = [t for t in self._postponed if t.project != name]
+
+    def _wants_project(self, name: str) -> bool:
+        return True
+
+    def _apply_project(self, row: dict[str, Any], now: float) -> ProjectState:
+        name = row["name"]
+        p = self.projects.get(name)
+        new = p is None
+        if p is None:
+            p = self.projects[name] = ProjectState(name, self.settings, self._clock)
+        script_changed, schedulable_changed = p.apply_row(row, self.settings)
+        if new:
+            logger.info("project %s loaded (%s, rate %s, burst %s)", name, p.status.value, p.bucket.rate, p.bucket.burst)
+        if schedulable_changed or new:
+            p.queue.clear()
+            p.reset_loader()
+        if script_changed:
+            if not new:
+                logger.info("project %s: script changed, asking for its info", name)
+                p.unpause()
+            p.waiting_info = True
+        if p.waiting_info and p.schedulable and (script_changed or schedulable_changed or new):
+            self._request_info(p, now)      # only a scheduled project needs its script's info
+        return p
+
+    def _request_info(self, p: ProjectState, now: float) -> None:
+        p.specials = deque(t for t in p.specials if t.taskid != "_on_get_info")
+        p.specials.append(special_task(p.name, "_on_get_info", save=list(GET_INFO_ATTRIBUTES)))
+        p.info_due = now + self.settings.lease_time
+
+    def _project(self, name: str, now: float) -> ProjectState | None:
+        """The project *name*, looked up in projectdb once per check interval if unknown."""
+        p = self.projects.get(name)
+        if p is None and self._wants_project(name):
+            last = self._unknown_checked.get(name, -math.inf)
+            if now - last >= self.project_check_interval:
+                if len(self._unknown_checked) > 10000:
+                    self._unknown_checked.clear()
+                self._unknown_checked[name] = now
+                try:
+                    row = self.projectdb.get(name)
+                except (ValueError, StorageError) as exc:
+                    logger.error("cannot look up project %r: %s", name, exc)
+                    return None
+                if row is not None:
+                    p = self._apply_project(row, now)
+        return p
+
+    # ==================================================================================
+    # step 2: status packs
+    def _check_task_done(self, now: float) -> None:
+        msgs = self.status_queue.get_many(self.status_batch, 0)
+        if msgs:
+            self._on_status_msgs(msgs, now)
+        for p in self.projects.values():
+            if p.queue.processing_count:
+                for task in p.queue.expired(now):
+                    logger.warning("lease of %s:%s %s expired; sending it again", p.name, task.taskid, task.url)
+                    self.window.requeue(p, task, now)
+                    if p.pause_state == CHECKING:
+                        p.trial_left += 1
+            if p.waiting_info and p.schedulable and now >= p.info_due \
+                    and not any(t.taskid == "_on_get_info" for t in p.specials):
+                logger.warning("project %s: no _on_get_info answer yet; asking again", p.name)
+                self._request_info(p, now)
+        self._flush()
+
+    def _on_status_msgs(self, msgs: Iterable[Any], now: float) -> None:
+        for msg in msgs:
+            try:
+                pack = coerce_status(msg)
+            except SerializationError as exc:
+                logger.error("dropping a malformed status pack: %s", exc)
+                continue
+            try:
+                self._on_status(pack, now)
+            except (TypeError, ValueError, AttributeError) as exc:
+                logger.error("dropping status pack %s:%s: %s", pack.project, pack.taskid, exc)
+            self._work += 1
+
+    def _on_status(self, pack: StatusPack, now: float) -> None:
+        p = self.projects.get(pack.project)
+        if p is None:
+            logger.warning("ignored status pack for %s:%s: unknown project", pack.project, pack.taskid)
+            return
+        track = pack.track
+        ok = bool(track.process.get("ok"))
+        if pack.taskid in EPHEMERAL:
+            self._on_special_status(p, pack, ok, now)
+            return
+        task = p.queue.done(pack.taskid)
+        if task is None:
+            logger.warning("ignored status pack for %s:%s %s: not in flight", pack.project, pack.taskid, pack.url)
+            return
+        fetch_time = track.fetch.get("time")
+        if isinstance(fetch_time, (int, float)) and not isinstance(fetch_time, bool):
+            self._counters.duration(p.name, "fetch_time", fetch_time)
+        process_time = track.process.get("time")
+        if isinstance(process_time, (int, float)) and not isinstance(process_time, bool):
+            self._counters.duration(p.name, "process_time", process_time)
+        if ok:
+            event = self._task_done(p, task, track, now)
+        else:
+            event = self._task_failed(p, task, track, now)
+        p.active.appendleft((now, event, task, track))
+        p.record_result(ok, now, self.settings)
+
+    def _on_special_status(self, p: ProjectState, pack: StatusPack, ok: bool, now: float) -> None:
+        task = Task(taskid=pack.taskid, project=p.name, url=pack.url)
+        p.active.appendleft((now, "success" if ok else "failed", task, pack.track))
+        if pack.taskid != "_on_get_info":
+            if not ok:
+                logger.error("%s of project %s failed: %s", pack.taskid, p.name, error_text(pack.track))
+            return
+        if not ok:
+            logger.error("project %s: _on_get_info failed (%s); asking again in 60s", p.name, error_text(pack.track))
+            p.info_due = now + 60.0
+            return
+        p.apply_info(pack.track.process.get("save"))
+        logger.info("project %s info: min_tick=%s retry_delay=%s crawl_config=%s",
+                    p.name, p.min_tick, p.retry_delay, p.crawl_config)
+
+    def _task_done(self, p: ProjectState, task: Task, track: Track, now: float) -> str:
+        s = task.schedule
+        if s.auto_recrawl and s.age > 0:
+            schedule = dataclasses.replace(s, exetime=now + s.age, retried=0)
+            new = dataclasses.replace(task, schedule=schedule, track=track, lastcrawltime=now, updatetime=now)
+            self._write(new)
+            self.window.requeue(p, new, now)
+            self._counters.event(p.name, "success", total=False)
+            logger.info("task done %s:%s %s; recrawl in %ss", p.name, task.taskid, task.url, s.age)
+            return "success"
+        new = dataclasses.replace(task, status=TaskStatus.SUCCESS, track=track, lastcrawltime=now, updatetime=now)
+        self._write(new)
+        self._counters.event(p.name, "success")
+        self._counters.event(p.name, "pending", -1, windows=False)
+        self._active_delta(p, -1)
+        logger.info("task done %s:%s %s", p.name, task.taskid, task.url)
+        return "success"
+
+    def _task_failed(self, p: ProjectState, task: Task, track: Track, now: float) -> str:
+        s = task.schedule
+        retried = s.retried
+        delay = p.retry_delay_for(retried, self.settings)
+        if s.auto_recrawl and s.age > 0:
+            delay = min(delay, s.age)
+        elif retried >= s.retries:
+            delay = -1
+        elif s.age > 0 and delay > s.age:
+            delay = s.age
+        if delay < 0:
+            new = dataclasses.replace(task, status=TaskStatus.FAILED, track=track, lastcrawltime=now, updatetime=now)
+            self._write(new)
+            self._counters.event(p.name, "failed")
+            self._counters.event(p.name, "pending", -1, windows=False)
+            self._active_delta(p, -1)
+            logger.info("task failed %s:%s %s: %s", p.name, task.taskid, task.url, error_text(track))
+            return "failed"
+        schedule = dataclasses.replace(s, retried=retried + 1, exetime=now + delay)
+        new = dataclasses.replace(task, schedule=schedule, track=track, lastcrawltime=now, updatetime=now)
+        self._write(new)
+        self.window.requeue(p, new, now)
+        self._counters.event(p.name, "retry")
+        logger.info("task retry %d/%d in %ss %s:%s %s: %s", retried + 1, s.retries, delay, p.name,
+                    task.taskid, task.url, error_text(track))
+        return "retry"
+
+    # ==================================================================================
+    # step 4: cron
+    def _check_cronjob(self, now: float) -> None:
+        now_i = int(now)
+        for p in self.projects.values():
+            if not p.schedulable or p.waiting_info or p.min_tick <= 0 or p.last_tick is None:
+                p.last_tick = now_i
+                continue
+            tick = p.min_tick
+            nxt = (p.last_tick // tick + 1) * tick
+            sent = 0
+            while nxt <= now_i and sent < _CRON_CATCHUP:
+                p.specials.append(special_task(p.name, "_on_cronjob", save={"tick": nxt}))
+                p.last_tick = nxt
+                nxt += tick
+                sent += 1
+            if nxt > now_i:
+                p.last_tick = now_i
+            self._work += sent
+
+    # ==================================================================================
+    # step 5: select
+    def _room(self) -> int:
+        limit = self.settings.loop_limit
+        maxsize = self.out_queue.maxsize
+        if maxsize:
+            limit = min(limit, maxsize - self.out_queue.qsize())
+        return limit
+
+    def _check_select(self, now: float) -> None:
+        budget = self._room()
+        projects = list(self.projects.values())
+        if projects:
+            self._rr = (self._rr + 1) % len(projects)
+            projects = projects[self._rr:] + projects[:self._rr]
+        # special tasks bypass the bucket and the pause
+        for p in projects:
+            while p.specials and budget > 0:
+                task = p.specials.popleft()
+                try:
+                    self._send(task)
+                except QueueFull:
+                    p.specials.appendleft(task)
+                    budget = 0
+                    break
+                except SerializationError as exc:
+                    logger.error("cannot send %s of project %s: %s", task.taskid, p.name, exc)
+                    continue
+                if task.taskid == "_on_get_info":
+                    p.info_due = now + self.settings.lease_time
+                budget -= 1
+                self._work += 1
+        candidates: list[tuple[ProjectState, int]] = []
+        for p in projects:
+            if not p.schedulable:
+                continue
+            self._work += self.window.fill(p, now, self._flush)
+            if p.waiting_info:
+                continue
+            p.queue.promote(now)
+            allowed = p.select_limit(now, self.settings)
+            if allowed and p.queue.ready_count:
+                candidates.append((p, allowed))
+        while budget > 0 and candidates:
+            quantum = max(1, budget // len(candidates))
+            again: list[tuple[ProjectState, int]] = []
+            for p, allowed in candidates:
+                want = min(quantum, budget, p.queue.ready_count)
+                if allowed >= 0:
+                    want = min(want, allowed)
+                got = p.bucket.take(want)
+                if not got:
+                    continue
+                tasks = p.queue.pop(got)
+                sent, full = self._dispatch(p, tasks, now)
+                budget -= sent
+                if allowed >= 0:
+                    allowed -= sent
+                    p.selected(sent)
+                if full:
+                    budget = 0
+                    break
+                if budget <= 0:
+                    break
+                if p.queue.ready_count and allowed:
+                    again.append((p, allowed))
+            candidates = again
+        self._check_finished(projects, now)
+
+    def _dispatch(self, p: ProjectState, tasks: list[Task], now: float) -> tuple[int, bool]:
+        """Send *tasks* in order; those that do not fit go back. Returns (sent, out_queue full)."""
+        deadline = now + self.settings.lease_time
+        sent = 0
+        for i, task in enumerate(tasks):
+            try:
+                self._send(p.join_crawl_config(task))
+            except QueueFull:
+                for rest in tasks[i:]:
+                    p.queue.put(rest, now)
+                p.bucket.refund(len(tasks) - i)
+                self._work += sent
+                return sent, True
+            except SerializationError as exc:
+                logger.error("task %s:%s cannot be sent (%s); marking it BAD", p.name, task.taskid, exc)
+                self._write(dataclasses.replace(task, status=TaskStatus.BAD, updatetime=now))
+                self._active_delta(p, -1)
+                continue
+            p.queue.start(task, deadline)
+            p.active.appendleft((now, "dispatched", task, None))
+            self._dispatched = True
+            if task.taskid != "on_finished":
+                p.selected_since_finished = True
+            sent += 1
+        self._work += sent
+        return sent, False
+
+    def _send(self, task: Task) -> None:
+        self.out_queue.put_nowait(task)
+
+    def _check_finished(self, projects: list[ProjectState], now: float) -> None:
+        """Send on_finished to projects whose queue has drained since they last ran tasks."""
+        pending_requests = bool(self._requests) or self.newtask_queue.qsize() > 0
+        postponed = {t.project for t in self._postponed}
+        for p in projects:
+            if not (p.selected_since_finished and p.schedulable and not p.waiting_info) \
+                    or pending_requests or p.name in postponed \
+                    or len(p.queue) or p.queue.processing_count or p.more or p.wake_at != math.inf:
+                p.drained_since = None
+                continue
+            if p.drained_since is None:
+                p.drained_since = now
+            if now - p.drained_since < self.finished_delay:
+                continue
+            p.drained_since = None
+            left = self.taskdb.count(p.name, _ACTIVE)
+            if left:
+                logger.info("project %s: taskdb still has %d ACTIVE tasks; loading them", p.name, left)
+                p.reset_loader()
+                continue
+            p.selected_since_finished = False
+            logger.info("project %s finished its queue; sending on_finished", p.name)
+            self._on_requests(p, [special_task(p.name, "on_finished", priority=9)], now)
+            self._flush()
+
+    # ==================================================================================
+    # step 6: delete
+    def _check_delete(self, now: float) -> None:
+        for p in list(self.projects.values()):
+            if p.status is not ProjectStatus.STOP or "delete" not in p.groups:
+                continue
+            if now - p.updatetime < self.settings.delete_time:
+                continue
+            logger.warning("deleting project %s: in group 'delete' and stopped since %s", p.name, p.updatetime)
+            self._flush()
+            tasks = self.taskdb.drop(p.name)
+            results = self.resultdb.drop(p.name) if self.resultdb is not None else 0
+            self.projectdb.drop(p.name)
+            self._counters.drop(p.name)
+            del self.projects[p.name]
+            self._postponed = [t for t in self._postponed if t.project != p.name]
+            logger.warning("project %s deleted (%s tasks, %s results)", p.name, tasks, results)
+
+    # ==================================================================================
+    # step 7: counters
+    def _init_counts(self) -> None:
+        self._counts_ready = True
+        try:
+            self._flush()
+            counts = self.taskdb.status_counts()
+        except Exception:
+            logger.exception("cannot count tasks in taskdb")
+            return
+        for name, by_status in counts.items():
+            p = self.projects.get(name)
+            if p is not None:
+                p.active_count = int(by_status.get(_ACTIVE, 0))
+            if not self._counters_loaded:
+                self._counters.set_total(name, "pending", by_status.get(_ACTIVE, 0))
+                self._counters.set_total(name, "success", by_status.get(TaskStatus.SUCCESS, 0))
+                self._counters.set_total(name, "failed", by_status.get(TaskStatus.FAILED, 0))
+        for p in self.projects.values():
+            if p.active_count is None:
+                p.active_count = 0
+
+    def _dump_counters(self, now: float, force: bool = False) -> None:
+        if not self._counter_path or (not force and now - self._last_dump < self.settings.counter_dump_interval):
+            return
+        self._last_dump = now
+        try:
+            self._counters.dump(self._counter_path)
+        except OSError as exc:
+            logger.error("cannot save counters to %s: %s", self._counter_path, exc)
+
+    # ==================================================================================
+    # taskdb helpers
+    def _write(self, task: Task) -> None:
+        self._pending[(task.project, task.taskid)] = task
+
+    def _flush(self) -> None:
+        if self._pending:
+            tasks = list(self._pending.values())
+            self._pending.clear()
+            self._store("update_many", tasks)
+
+    def _store(self, op: str, tasks: list[Task]) -> list[Task]:
+        """Write *tasks* in one batch; if the batch fails, one by one, dropping the bad ones."""
+        method = getattr(self.taskdb, op)
+        try:
+            method(tasks)
+            return tasks
+        except StorageError as exc:
+            if len(tasks) == 1:
+                logger.error("cannot store task %s:%s: %s", tasks[0].project, tasks[0].taskid, exc)
+                return []
+            good = []
+            for task in tasks:
+                try:
+                    method([task])
+                    good.append(task)
+                except StorageError as err:
+                    logger.error("cannot store task %s:%s: %s", task.project, task.taskid, err)
+            if not good:
+                raise
+            return good
+
+    def _active_count(self, p: ProjectState) -> int:
+        if p.active_count is None:
+            p.active_count = self.taskdb.count(p.name, _ACTIVE)
+        return p.active_count
+
+    @staticmethod
+    def _active_delta(p: ProjectState, delta: int) -> None:
+        if p.active_count is not None:
+            p.active_count = max(0, p.active_count + delta)
+
+
+__all__ = ["EPHEMERAL", "GET_INFO_ATTRIBUTES", "Scheduler"]

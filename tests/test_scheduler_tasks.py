@@ -1,0 +1,342 @@
+"""Scheduler semantics of new requests, status packs and pausing (dedupe, restarts, retries)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from spiderflow.message import Fetch, Process, Schedule, StatusPack, Task, Track
+from test_scheduler import Harness, urls
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
+
+# ---------------------------------------------------------------------------------
+# new requests
+
+def test_dedupe_by_taskid(h):
+    h.add_project()
+    h.start("p")
+    for _ in range(3):
+        h.new("http://a/1")
+    h.new("http://a/2")
+    h.run()
+    assert sorted(urls(h.sent_normal())) == ["http://a/1", "http://a/2"]
+    h.new("http://a/1")                            # in flight
+    h.run()
+    h.answer_all([Task.create("p", "http://a/1"), Task.create("p", "http://a/2")])
+    h.run()
+    h.new("http://a/1")                            # done: ignored (age -1 means never recrawl)
+    h.run()
+    assert h.sent_normal() == []
+    assert h.taskdb.count("p") == 2
+    assert h.scheduler.counters("p")["p"]["all"]["pending"] == 0
+
+
+def test_itag_change_restarts(h):
+    h.add_project()
+    h.start("p")
+    task = h.crawl("http://a/1", itag="v1")
+    h.new("http://a/1", itag="v1")
+    h.run()
+    assert h.sent_normal() == []
+    h.new("http://a/1", itag="v2")
+    h.run()
+    (again,) = h.sent_normal()
+    assert again.schedule.itag == "v2"
+    row = h.db(task.taskid)
+    assert row["schedule"]["itag"] == "v2" and row["track"]["process"]["ok"] is True   # track kept
+    counters = h.scheduler.counters("p")["p"]["all"]
+    assert counters["pending"] == 1 and counters["success"] == 0
+
+
+def test_itag_change_replaces_a_queued_task(h):
+    h.add_project(rate=1, burst=1)
+    h.start("p")
+    h.new("http://a/0")
+    h.new("http://a/1", itag="v1")
+    h.run()
+    assert urls(h.sent_normal()) == ["http://a/0"]
+    h.newtask_queue.put(Task.create("p", "http://a/1", schedule=Schedule(itag="v2"),
+                                    process=Process(callback="detail")))
+    h.clock.advance(1)
+    h.run()
+    (task,) = h.sent_normal()
+    assert task.schedule.itag == "v2" and task.process.callback == "detail"
+    assert h.db(task.taskid)["schedule"]["itag"] == "v2"
+
+
+def test_age_expiry_restarts(h):
+    h.add_project()
+    h.start("p")
+    h.crawl("http://a/1", age=100)
+    h.clock.advance(50)
+    h.new("http://a/1", age=100)
+    h.run()
+    assert h.sent_normal() == []
+    h.clock.advance(51)
+    h.new("http://a/1", age=100)
+    h.run()
+    assert "http://a/1" in urls(h.sent_normal())
+
+
+def test_age_does_not_restart_a_task_never_crawled(h, caplog):
+    h.add_project(rate=1, burst=1)
+    h.start("p")
+    h.new("http://a/0", age=100)
+    h.new("http://a/1", age=100)
+    h.run()
+    (inflight,) = h.sent_normal()
+    with caplog.at_level(logging.INFO):
+        h.new("http://a/0", age=100)               # in flight, never crawled
+        h.new("http://a/1", age=100)               # queued, never crawled
+        h.run()
+    assert "restart" not in caplog.text and "postponed" not in caplog.text
+    h.answer(inflight)
+    h.clock.advance(1)
+    h.run()
+    assert urls(h.sent_normal()) == ["http://a/1"]
+
+
+def test_requests_see_batched_writes(h):
+    """OneScheduler handles a status pack and new requests in one batch, before any flush."""
+    h.add_project()
+    h.start("p")
+    task = h.crawl("http://a/1")
+    h.clock.advance(200)
+    h.new("http://a/1", force_update=True)
+    h.run()
+    (again,) = h.sent_normal()
+    now = h.clock()
+    sched = h.scheduler
+    pack = StatusPack(taskid=again.taskid, project="p", url=again.url, track=Track(process={"ok": True}))
+    sched._on_status_msgs([pack], now)             # SUCCESS now, still in the write batch
+    assert h.db(task.taskid)["lastcrawltime"] == now - 200
+    sched._on_request_msgs([Task.create("p", "http://a/1", schedule=Schedule(age=100))], now)
+    sched._flush()
+    h.run()
+    assert h.sent_normal() == []                   # crawled just now: no restart
+    assert h.db(task.taskid)["status"] == "SUCCESS" and h.db(task.taskid)["lastcrawltime"] == now
+
+
+def test_force_update_restarts_and_is_postponed_while_in_flight(h, caplog):
+    h.add_project()
+    h.start("p")
+    task = h.crawl("http://a/1")
+    h.newtask_queue.put(Task.create("p", "http://a/1", fetch=Fetch(headers={"v": "2"}),
+                                    schedule=Schedule(force_update=True)))
+    h.run()
+    (inflight,) = h.sent_normal()
+    assert inflight.fetch.headers == {"v": "2"}
+    h.newtask_queue.put(Task.create("p", "http://a/1", fetch=Fetch(headers={"v": "3"}),
+                                    schedule=Schedule(force_update=True)))
+    with caplog.at_level(logging.INFO):
+        h.run()
+    assert "postponed" in caplog.text
+    assert h.sent_normal() == []
+    assert h.db(task.taskid)["fetch"]["headers"] == {"v": "2"}
+    h.answer(inflight)
+    h.run()
+    (again,) = h.sent_normal()
+    assert again.fetch.headers == {"v": "3"}
+
+
+def test_cancel_marks_bad(h):
+    h.add_project(rate=1, burst=1)
+    h.start("p")
+    h.new("http://a/1")
+    h.new("http://a/2")
+    h.run()
+    assert len(h.sent_normal()) == 1
+    queued = Task.create("p", "http://a/2")
+    h.new("http://a/2", cancel=True)
+    h.new("http://a/never-seen", cancel=True)
+    h.run()
+    assert h.status(queued.taskid) == "BAD"
+    assert h.db(Task.create("p", "http://a/never-seen").taskid) is None
+    h.clock.advance(10)
+    h.run()
+    assert h.sent_normal() == []                   # the cancelled task left the queue
+    assert h.scheduler.counters("p")["p"]["all"]["pending"] == 1
+
+
+def test_cancel_of_task_in_flight_waits_for_it(h):
+    h.add_project()
+    h.start("p")
+    h.new("http://a/1")
+    h.run()
+    (inflight,) = h.sent_normal()
+    h.new("http://a/1", cancel=True)
+    h.run()
+    assert h.status(inflight.taskid) == "ACTIVE"
+    h.answer(inflight, ok=False)
+    h.run()
+    assert h.status(inflight.taskid) == "BAD"
+    h.clock.advance(10_000)
+    h.run()
+    assert h.sent_normal() == []
+
+
+def test_inqueue_limit(tmp_path, caplog):
+    h = Harness(tmp_path, inqueue_limit=3)
+    h.add_project(rate=1, burst=1)
+    h.start("p")
+    for i in range(5):
+        h.new(f"http://a/{i}")
+    with caplog.at_level(logging.WARNING):
+        h.run()
+    assert "inqueue limit" in caplog.text
+    assert h.taskdb.count("p") == 3
+    (sent,) = h.sent_normal()
+    h.answer(sent)
+    h.run()
+    h.new("http://a/9")
+    h.run()
+    assert h.taskdb.count("p") == 4
+    h.close()
+
+
+# ---------------------------------------------------------------------------------
+# status packs
+
+def test_auto_recrawl_requeues_at_age(h):
+    h.add_project()
+    h.start("p")
+    task = h.crawl("http://a/1", auto_recrawl=True, age=60)
+    row = h.db(task.taskid)
+    assert row["status"] == "ACTIVE" and row["schedule"]["exetime"] == h.clock() + 60
+    h.clock.advance(59)
+    h.run()
+    assert h.sent_normal() == []
+    h.clock.advance(1)
+    h.run()
+    assert urls(h.sent_normal()) == ["http://a/1"]
+    assert h.scheduler.counters("p")["p"]["all"]["pending"] == 1
+
+
+def test_retries_follow_the_delay_table_then_fail(h):
+    h.add_project()
+    h.start("p")
+    task = h.new("http://a/1", retries=3)
+    delays = []
+    for attempt in range(4):
+        h.run()
+        (sent,) = h.sent_normal()
+        h.answer(sent, ok=False, exception="boom")
+        h.run()
+        row = h.db(task.taskid)
+        if attempt < 3:
+            assert row["status"] == "ACTIVE" and row["schedule"]["retried"] == attempt + 1
+            delay = row["schedule"]["exetime"] - h.clock()
+            delays.append(delay)
+            h.clock.advance(delay - 1)
+            h.run()
+            assert h.sent_normal() == []
+            h.clock.advance(1)
+    assert delays == [30.0, 3600.0, 6 * 3600.0]
+    assert h.status(task.taskid) == "FAILED"
+    counters = h.scheduler.counters("p")["p"]
+    assert counters["1d"]["retry"] == 3 and counters["1d"]["failed"] == 1 and counters["all"]["pending"] == 0
+
+
+def test_script_retry_delay_and_age_cap(h):
+    h.add_project()
+    h.start("p", info={"retry_delay": {"0": 5, "": 7}})
+    task = h.new("http://a/1", retries=5)
+    h.run()
+    h.answer_all(h.sent_normal(), ok=False)
+    h.run()
+    assert h.db(task.taskid)["schedule"]["exetime"] == h.clock() + 5
+    h.clock.advance(5)
+    h.run()
+    h.answer_all(h.sent_normal(), ok=False)
+    h.run()
+    assert h.db(task.taskid)["schedule"]["exetime"] == h.clock() + 7
+    t2 = h.new("http://a/2", age=3, retries=5)
+    h.clock.advance(10)
+    h.run()
+    h.answer_all(h.sent_normal(), ok=False)
+    h.run()
+    assert h.db(t2.taskid)["schedule"]["exetime"] == h.clock() + 3
+
+
+def test_special_task_without_retries_fails_at_once(h):
+    h.add_project()
+    h.start("p")
+    h.scheduler.run_project("p")
+    h.run()
+    (start,) = h.sent_normal()
+    assert start.taskid == "on_start" and start.schedule.priority == 9
+    h.answer(start, ok=False)
+    h.run()
+    assert h.status("on_start") == "FAILED"
+
+
+# ---------------------------------------------------------------------------------
+# pause
+
+def test_pause_after_failures_then_trial(tmp_path):
+    h = Harness(tmp_path, fail_pause_num=4, pause_time=300, unpause_check_num=2, loop_limit=10)
+    h.add_project()
+    h.start("p")
+    for i in range(40):
+        h.new(f"http://a/{i}", retries=0)
+    h.run()
+    first = h.sent_normal()
+    h.answer_all(first[:4], ok=False)
+    h.run()
+    assert h.scheduler.paused("p")
+    assert h.sent_normal() == []
+    h.answer_all(first[4:], ok=True)               # late results of tasks sent before the pause
+    h.run()
+    assert not h.scheduler.paused("p")
+    batch = h.sent_normal()
+    assert len(batch) == 10
+    h.answer_all(batch[:4], ok=False)
+    h.run()
+    assert h.scheduler.paused("p")
+    h.answer_all(batch[4:], ok=False)
+    h.clock.advance(299)
+    h.run()
+    assert h.sent_normal() == [] and h.scheduler.pause_status()["p"]["state"] == "paused"
+    h.clock.advance(2)
+    h.run()
+    trial = h.sent_normal()
+    assert len(trial) == 2 and h.scheduler.pause_status()["p"]["state"] == "checking"
+    h.run()
+    assert h.sent_normal() == []
+    h.answer_all(trial, ok=False)                  # the trial fails: paused again
+    h.run()
+    assert h.scheduler.pause_status()["p"]["state"] == "paused"
+    h.clock.advance(301)
+    h.run()
+    trial = h.sent_normal()
+    assert len(trial) == 2
+    h.answer(trial[0], ok=True)
+    h.run()
+    assert not h.scheduler.paused("p")
+    assert len(h.sent_normal()) > 2
+    h.close()
+
+
+def test_script_change_unpauses(tmp_path):
+    h = Harness(tmp_path, fail_pause_num=2)
+    h.add_project()
+    h.start("p")
+    for i in range(5):
+        h.new(f"http://a/{i}", retries=0)
+    h.run()
+    h.answer_all(h.sent_normal()[:2], ok=False)
+    h.run()
+    assert h.scheduler.paused("p")
+    h.update_project("p", script="fixed")
+    h.run()
+    h.answer_info("p")
+    h.run()
+    assert not h.scheduler.paused("p")
+    h.close()
