@@ -29,12 +29,24 @@ __version__ = "0.1.0"
 from .processor.handler import BaseHandler, catch_status_code_error, config, every, not_send_status
 from .processor.response import Response
 
+
+def crawl(handler, **kwargs):
+    """Run a crawl in this process and return its results (see :func:`spiderflow.run.crawl`).
+
+    *handler* is a BaseHandler subclass, a script's text or a script's path; keywords:
+    ``urls``, ``callback``, ``rate``, ``burst``, ``name``, ``settings``.
+    """
+    from .run import crawl as run_crawl
+    return run_crawl(handler, **kwargs)
+
+
 __all__ = [
     "BaseHandler",
     "Response",
     "__version__",
     "catch_status_code_error",
     "config",
+    "crawl",
     "every",
     "not_send_status",
 ]

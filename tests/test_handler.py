@@ -41,7 +41,7 @@ class Handler(BaseHandler):
 def test_public_api_is_pinned():
     assert spiderflow.__all__ == sorted(spiderflow.__all__)
     assert set(spiderflow.__all__) == {"BaseHandler", "Response", "__version__", "catch_status_code_error",
-                                       "config", "every", "not_send_status"}
+                                       "config", "crawl", "every", "not_send_status"}
     namespace: dict = {}
     exec("from spiderflow import *", namespace)
     assert {"BaseHandler", "every", "config", "catch_status_code_error", "Response"} <= namespace.keys()

@@ -1,5 +1,9 @@
 """The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.run`.
 
+One module per command family: ``components`` (scheduler, fetcher, processor,
+result-worker), ``one``, ``all``, ``project``, ``export``, ``demo_site``; shared options in
+``options``.
+
 Settings are resolved once here (flag > ``SPIDERFLOW_*`` environment > ``-c`` config
 file > defaults) into a frozen :class:`~spiderflow.settings.Settings` that is passed down;
 nothing below the CLI reads the environment. Logging handlers are installed here only.
@@ -15,9 +19,9 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .exceptions import SpiderflowError, redact_url
-from .settings import Settings, settings_from_environ
+from .. import __version__
+from ..exceptions import SpiderflowError, redact_url
+from ..settings import Settings, settings_from_environ
 
 logger = logging.getLogger(__name__)
 
@@ -72,5 +76,12 @@ def show_config(ctx: click.Context) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+def _register() -> None:
+    from . import all as all_cmd
+    from . import components, demo_site, export, one, project
+    for module in (one, all_cmd, components, project, export, demo_site):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

@@ -9,9 +9,11 @@ that take the connection over to misbehave on it.
 
 from __future__ import annotations
 
+
 import asyncio
 import base64
 import binascii
+import collections
 import email.utils
 import gzip
 import json
@@ -455,11 +457,23 @@ def _log_request(handler: RequestHandler) -> None:
                      1000 * request.request_time())
 
 
-def make_app() -> Application:
-    """The test server's tornado application."""
+def _counting(route: Callable[..., None], hits: collections.Counter) -> Callable[..., None]:
+    def counted(request: HTTPServerRequest, **kwargs: Any) -> None:
+        hits[request.uri] += 1
+        route(request, **kwargs)
+    return counted
+
+
+def make_app(hits: collections.Counter | None = None) -> Application:
+    """The test server's tornado application.
+
+    With *hits*, every request to the link farm and /follow is counted by URI (so tests
+    can check that a crawl fetched each page exactly once).
+    """
+    links, follow = (_link_farm, _follow) if hits is None else (_counting(_link_farm, hits), _counting(_follow, hits))
     return Application([
-        (r"/links", _link_farm),  # the hot routes first: rules are tried in order
-        (r"/follow", _follow),
+        (r"/links", links),  # the hot routes first: rules are tried in order
+        (r"/follow", follow),
         (r"/", _Static, {"body": pages.INDEX}),
         (r"/html", _Static, {"body": pages.HTML}),
         (r"/json", _Static, {"body": pages.JSON, "content_type": "application/json"}),

@@ -7,8 +7,10 @@ and closes every open connection on the way out. Loopback only unless asked othe
 
 from __future__ import annotations
 
+
 import argparse
 import asyncio
+import collections
 import ipaddress
 import logging
 import multiprocessing
@@ -39,9 +41,9 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def _serve(sock: socket.socket, stop: asyncio.Event) -> None:
+async def _serve(sock: socket.socket, stop: asyncio.Event, hits: collections.Counter | None = None) -> None:
     """Serve the app on *sock* until *stop* is set, then close every connection."""
-    server = HTTPServer(make_app())
+    server = HTTPServer(make_app(hits))
     server.add_sockets([sock])
     try:
         await stop.wait()
@@ -64,6 +66,8 @@ class TestServer:
     __test__ = False  # not a pytest test class
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        #: requests to the link farm and /follow by URI
+        self.hits: collections.Counter = collections.Counter()
         sock = _bind(host, port)
         self.port: int = sock.getsockname()[1]
         self.url = _url(host, self.port)
@@ -80,7 +84,7 @@ class TestServer:
         async def main() -> None:
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
             started.set()
-            await _serve(sock, self._stop)
+            await _serve(sock, self._stop, self.hits)
         asyncio.run(main())
 
     def stop(self) -> None:

@@ -1,0 +1,40 @@
+"""``spiderflow all``: every component as a process on this machine."""
+
+from __future__ import annotations
+
+import click
+
+from ..run import read_script, run_all
+from . import get_settings
+from .options import db_options, handles_errors, queue_options
+
+
+@click.command("all")
+@click.option("--project", "scripts", multiple=True, type=click.Path(dir_okay=False), metavar="SCRIPT.py",
+              help="Store this script as a RUNNING project and start it (repeatable).")
+@click.option("--fetcher-num", type=int, default=None, help="Fetcher processes [1].")
+@click.option("--processor-num", type=int, default=None, help="Processor processes [1].")
+@click.option("--result-worker-num", type=int, default=None, help="Result worker processes [1].")
+@click.option("--exit-when-done", is_flag=True,
+              help="Stop once every --project has no ACTIVE task left and the queues are empty.")
+@click.option("--rate", type=float, default=None, help="Rate of the --project scripts [their '# rate: N', else 1].")
+@click.option("--burst", type=float, default=None, help="Burst of the --project scripts [their '# burst: N', else 3].")
+@click.option("--poolsize", type=int, default=None, help="Concurrent fetches per fetcher [100].")
+@click.option("--scheduler-port", type=int, default=None, help="Scheduler control interface port [23333].")
+@queue_options
+@db_options
+@click.pass_context
+@handles_errors
+def all_command(ctx: click.Context, scripts: tuple[str, ...], exit_when_done: bool, rate: float | None,
+                burst: float | None, **options) -> None:
+    """Run the scheduler, fetchers, processors and result workers on this machine.
+
+    Defaults: sqlite databases in the data directory and multiprocessing queues. Ctrl-C or
+    SIGTERM stops everything (warm: in-flight work is finished); a second signal stops at once.
+    """
+    settings = get_settings(ctx, **options)
+    projects = [read_script(path) for path in scripts]
+    ctx.exit(run_all(settings, projects, exit_when_done=exit_when_done, rate=rate, burst=burst))
+
+
+COMMANDS = [all_command]

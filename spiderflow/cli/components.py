@@ -1,0 +1,84 @@
+"""``spiderflow scheduler|fetcher|processor|result-worker``: one component per process.
+
+Components started separately share work through a distributed queue (``--queue
+redis://...`` or ``amqp://...``) and shared databases; ``memory://`` and
+``multiprocessing://`` queues exist only inside one ``spiderflow one`` or ``all``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..exceptions import ConfigError
+from ..queues import connect_queues
+from ..run import LOCAL_QUEUES, run_component
+from . import get_settings
+from .options import db_options, handles_errors, queue_options
+
+
+def _run(ctx: click.Context, kind: str, burst: bool, sink: str | None = None, **overrides) -> None:
+    settings = get_settings(ctx, **overrides)
+    if not settings.queue:
+        raise ConfigError(f"spiderflow {kind} needs a shared queue: give --queue redis://HOST:6379/0 or "
+                          "--queue amqp://USER:PASS@HOST:5672/VHOST (or SPIDERFLOW_QUEUE); "
+                          "to run everything on one machine use `spiderflow all`")
+    scheme = settings.queue.split("://", 1)[0].lower()
+    if scheme in LOCAL_QUEUES:
+        raise ConfigError(f"a {scheme}:// queue cannot be shared with other processes; use redis:// or amqp:// "
+                          "for separately started components, or `spiderflow all`")
+    queues = connect_queues(settings.queue, settings.queue_maxsize)
+    run_component(kind, settings, queues, burst=burst, sink=sink)
+
+
+@click.command("scheduler")
+@queue_options
+@db_options
+@click.option("--scheduler-host", default=None, help="Control interface address [127.0.0.1].")
+@click.option("--scheduler-port", type=int, default=None, help="Control interface port [23333].")
+@click.option("--scheduler-token", default=None, help="Token the control interface requires (needed off loopback).")
+@click.pass_context
+@handles_errors
+def scheduler(ctx: click.Context, **options) -> None:
+    """Run the scheduler (one per crawl cluster)."""
+    _run(ctx, "scheduler", False, **options)
+
+
+@click.command("fetcher")
+@queue_options
+@click.option("--poolsize", type=int, default=None, help="Concurrent fetches [100].")
+@click.option("--proxy", default=None, help="Default proxy, e.g. http://user:pass@host:3128 or socks5://host:1080.")
+@click.option("--timeout", type=float, default=None, help="Default fetch timeout in seconds [120].")
+@click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
+@click.pass_context
+@handles_errors
+def fetcher(ctx: click.Context, burst: bool, **options) -> None:
+    """Run a fetcher."""
+    _run(ctx, "fetcher", burst, **options)
+
+
+@click.command("processor")
+@queue_options
+@db_options
+@click.option("--process-time-limit", type=float, default=None, help="Seconds a callback may run [30].")
+@click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
+@click.pass_context
+@handles_errors
+def processor(ctx: click.Context, burst: bool, **options) -> None:
+    """Run a processor (runs the project scripts' callbacks)."""
+    _run(ctx, "processor", burst, **options)
+
+
+@click.command("result-worker")
+@queue_options
+@db_options
+@click.option("--sink", default=None, metavar="NAME",
+              help="Result sink: resultdb (default), jsonl, an entry point of spiderflow.result_sinks, or module:Class.")
+@click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
+@click.pass_context
+@handles_errors
+def result_worker(ctx: click.Context, burst: bool, sink: str | None, **options) -> None:
+    """Run a result worker (stores results)."""
+    _run(ctx, "result-worker", burst, sink, **options)
+
+
+COMMANDS = [scheduler, fetcher, processor, result_worker]

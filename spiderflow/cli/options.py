@@ -1,0 +1,45 @@
+"""Options shared by several commands, and the one way errors reach the user."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from ..exceptions import SpiderflowError
+
+
+def db_options(func: Callable) -> Callable:
+    """--taskdb, --projectdb, --resultdb: SQLAlchemy URLs."""
+    for role in ("resultdb", "projectdb", "taskdb"):
+        func = click.option(f"--{role}", default=None, metavar="URL",
+                            help=f"{role} URL, e.g. sqlite:///data/{role[:-2]}.db or postgresql://user@host/db.")(func)
+    return func
+
+
+def queue_options(func: Callable) -> Callable:
+    """--queue URL and --queue-maxsize."""
+    func = click.option("--queue-maxsize", type=int, default=None, help="Bound of every queue [100].")(func)
+    func = click.option("--queue", default=None, metavar="URL",
+                        help="Queue backend: redis://host:6379/0, amqp://user:pass@host:5672/vhost, ...")(func)
+    return func
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn spiderflow's errors into a one-line message and exit status 2 (no traceback)."""
+    try:
+        yield
+    except SpiderflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def handles_errors(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with user_errors():
+            return func(*args, **kwargs)
+    return wrapper

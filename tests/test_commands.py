@@ -1,0 +1,264 @@
+"""`spiderflow one`, `spiderflow all`, `spiderflow export` and `spiderflow project` as real subprocesses,
+crawling the local link farm to completion with exact counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from spiderflow.message import ProjectStatus, TaskStatus
+from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb
+from spiderflow.testing import link_farm_reachable, link_farm_url
+
+FARM_SCRIPT = '''
+# rate: 500
+# burst: 500
+from spiderflow import *
+
+class Handler(BaseHandler):
+    def on_start(self):
+        self.crawl("{start}", callback=self.index_page)
+
+    @config(age=24 * 3600)
+    def index_page(self, response):
+        for href in response.etree.xpath("//a/@href"):
+            self.crawl(href, callback=self.index_page)
+        return {{"n": int(response.url.rsplit("=", 1)[1]), "title": response.etree.findtext(".//title")}}
+'''
+
+TROUBLE_SCRIPT = '''
+# rate: 500
+# burst: 500
+from spiderflow import *
+
+class Handler(BaseHandler):
+    def on_start(self):
+        self.crawl("{base}/encoding/broken", callback=self.broken_encoding)
+        self.crawl("{base}/get?raise=1", callback=self.raises, retries=0)
+        self.crawl("{base}/get?loop=1", callback=self.loops, retries=0)
+        self.crawl("{start}", callback=self.index_page)
+
+    def broken_encoding(self, response):
+        return {{"text_length": len(response.text)}}
+
+    def raises(self, response):
+        raise ValueError("this callback always fails")
+
+    def loops(self, response):
+        while True:
+            pass
+
+    def index_page(self, response):
+        for href in response.etree.xpath("//a/@href"):
+            self.crawl(href, callback=self.index_page)
+        return {{"n": int(response.url.rsplit("=", 1)[1])}}
+'''
+
+
+def spiderflow(*args, cwd, env=None, timeout=120, **kwargs):
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("SPIDERFLOW_REQUIRE_SERVICES", None)
+    return subprocess.run([sys.executable, "-m", "spiderflow.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def farm_hits(httpbin, total, show):
+    return {uri: count for uri, count in httpbin.hits.items()
+            if parse_qs(urlsplit(uri).query).get("total") == [str(total)]
+            and parse_qs(urlsplit(uri).query).get("show") == [str(show)]}
+
+
+def write_script(tmp_path, name, template, httpbin, total, show):
+    path = tmp_path / f"{name}.py"
+    path.write_text(template.format(start=httpbin.url + link_farm_url(total, show, 0), base=httpbin.url))
+    return str(path)
+
+
+def test_one_crawls_the_link_farm_exactly_once(tmp_path, httpbin):
+    total, show = 173, 4
+    expected = link_farm_reachable(total, show)
+    script = write_script(tmp_path, "farm_one", FARM_SCRIPT, httpbin, total, show)
+    out = spiderflow("one", script, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(r["result"]["n"] for r in rows) == sorted(expected)   # one result per page
+    assert all(r["project"] == "farm_one" for r in rows)
+    hits = farm_hits(httpbin, total, show)
+    assert len(hits) == len(expected) and set(hits.values()) == {1}     # every page fetched once
+
+
+def test_one_with_resultdb_and_url(tmp_path, httpbin):
+    total, show = 31, 3
+    script = write_script(tmp_path, "farm_url", FARM_SCRIPT, httpbin, total, show)
+    resultdb = f"sqlite:///{tmp_path}/result.db"
+    out = spiderflow("one", script, "--url", httpbin.url + link_farm_url(total, show, 0),
+                     "--resultdb", resultdb, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout == ""
+    db = connect_resultdb(resultdb)
+    assert db.count("farm_url") == len(link_farm_reachable(total, show))
+    db.close()
+
+
+def test_one_reports_a_broken_script_clearly(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("from spiderflow import *\nclass Handler(BaseHandler):\n    def on_start(self)\n        pass\n")
+    out = spiderflow("one", str(script), cwd=tmp_path)
+    assert out.returncode != 0
+    assert "does not compile" in out.stderr and "line 3" in out.stderr and "Traceback" not in out.stderr
+    missing = spiderflow("one", str(tmp_path / "nope.py"), cwd=tmp_path)
+    assert missing.returncode != 0 and "cannot read project script" in missing.stderr
+
+
+def test_one_keeps_crawling_past_failing_callbacks(tmp_path, httpbin):
+    total, show = 23, 3
+    script = write_script(tmp_path, "trouble", TROUBLE_SCRIPT, httpbin, total, show)
+    out = spiderflow("one", script, cwd=tmp_path, env={"SPIDERFLOW_PROCESS_TIME_LIMIT": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    pages = sorted(r["result"]["n"] for r in rows if "n" in r["result"])
+    assert pages == sorted(link_farm_reachable(total, show))
+    assert any("text_length" in r["result"] for r in rows)              # the broken encoding page decoded
+    assert "this callback always fails" in out.stderr                   # the exception is reported
+    assert "time limit" in out.stderr.lower()                           # the endless loop was stopped
+
+
+def test_all_crawls_to_completion_and_export(tmp_path, httpbin):
+    total, show = 211, 5
+    expected = link_farm_reachable(total, show)
+    script = write_script(tmp_path, "farm_all", FARM_SCRIPT, httpbin, total, show)
+    data = tmp_path / "data"
+    out = spiderflow("--data-dir", str(data), "all", "--project", script, "--exit-when-done",
+                     "--scheduler-port", "0", "--processor-num", "2", cwd=tmp_path, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resultdb = connect_resultdb(f"sqlite:///{data}/result.db")
+    taskdb = connect_taskdb(f"sqlite:///{data}/task.db")
+    try:
+        assert resultdb.count("farm_all") == len(expected)
+        assert sorted(r["result"]["n"] for r in resultdb.select("farm_all")) == sorted(expected)
+        counts = taskdb.status_count("farm_all")
+        assert counts[TaskStatus.ACTIVE] == 0 and counts[TaskStatus.FAILED] == 0
+    finally:
+        resultdb.close()
+        taskdb.close()
+    hits = farm_hits(httpbin, total, show)
+    assert len(hits) == len(expected) and set(hits.values()) == {1}
+    assert "every component stopped" in out.stderr
+
+    csv_path = tmp_path / "out.csv"
+    exported = spiderflow("--data-dir", str(data), "export", "farm_all", "-f", "csv", "-o", str(csv_path), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["taskid", "url"] and len(lines) == len(expected) + 1
+    jsonl = spiderflow("--data-dir", str(data), "export", "farm_all", "-f", "jsonl", cwd=tmp_path)
+    assert len(jsonl.stdout.splitlines()) == len(expected)
+
+
+def test_all_goes_on_when_another_project_is_broken(tmp_path, httpbin):
+    total, show = 37, 3
+    data = tmp_path / "data"
+    projectdb = connect_projectdb(f"sqlite:///{data}/project.db")
+    projectdb.insert("broken", script="class Handler(:\n", status=ProjectStatus.RUNNING)
+    projectdb.close()
+    script = write_script(tmp_path, "trouble_all", TROUBLE_SCRIPT, httpbin, total, show)
+    out = spiderflow("--data-dir", str(data), "all", "--project", script, "--exit-when-done",
+                     "--scheduler-port", "0", cwd=tmp_path, timeout=180,
+                     env={"SPIDERFLOW_PROCESS_TIME_LIMIT": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    resultdb = connect_resultdb(f"sqlite:///{data}/result.db")
+    pages = [r["result"]["n"] for r in resultdb.select("trouble_all") if "n" in r["result"]]
+    resultdb.close()
+    assert sorted(pages) == sorted(link_farm_reachable(total, show))
+    assert "this callback always fails" in out.stderr and "time limit" in out.stderr.lower()
+    assert "broken" in out.stderr and "does not compile" in out.stderr
+
+
+def test_all_stops_on_sigterm_without_orphans(tmp_path):
+    data = tmp_path / "data"
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "spiderflow.cli", "--data-dir", str(data), "all",
+                             "--scheduler-port", "0", "--fetcher-num", "2"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    children: set[int] = set()
+    while time.monotonic() < deadline and len(children) < 5:
+        time.sleep(0.2)
+        children = _children(proc.pid)
+    assert len(children) == 5, f"expected 5 component processes, saw {children}"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "every component stopped" in err
+    alive = [pid for pid in children if _alive(pid)]
+    assert not alive, f"orphans left: {alive}"
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return {int(x) for x in out.stdout.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_project_commands(tmp_path, httpbin):
+    script = write_script(tmp_path, "stored", FARM_SCRIPT, httpbin, 10, 2)
+    data = ["--data-dir", str(tmp_path / "data")]
+    added = spiderflow(*data, "project", "add", script, "--status", "RUNNING", cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    listed = spiderflow(*data, "project", "list", "--json", cwd=tmp_path)
+    rows = json.loads(listed.stdout)
+    assert [(r["name"], r["status"], r["rate"]) for r in rows] == [("stored", "RUNNING", 500.0)]
+    changed = spiderflow(*data, "project", "set-status", "stored", "stop", cwd=tmp_path)
+    assert changed.returncode == 0 and "STOP" in changed.stdout
+    unknown = spiderflow(*data, "project", "set-status", "nope", "STOP", cwd=tmp_path)
+    assert unknown.returncode != 0 and "no project named 'nope'" in unknown.stderr
+    bad = spiderflow(*data, "project", "set-status", "a'b", "STOP", cwd=tmp_path)
+    assert bad.returncode != 0 and "invalid project name" in bad.stderr
+    no_scheduler = spiderflow(*data, "project", "run", "stored", "--scheduler-port", "1", cwd=tmp_path)
+    assert no_scheduler.returncode != 0 and "cannot reach" in no_scheduler.stderr
+
+
+def test_standalone_component_needs_a_shared_queue(tmp_path):
+    out = spiderflow("fetcher", cwd=tmp_path)
+    assert out.returncode != 0 and "needs a shared queue" in out.stderr
+    out = spiderflow("processor", "--queue", "multiprocessing://", cwd=tmp_path)
+    assert out.returncode != 0 and "cannot be shared" in out.stderr
+    out = spiderflow("scheduler", "--queue", "kafka://127.0.0.1", cwd=tmp_path)
+    assert out.returncode != 0 and "known schemes" in out.stderr
+
+
+def test_crawl_from_python_returns_results(httpbin):
+    import spiderflow
+
+    start = httpbin.url + link_farm_url(19, 3, 0)
+
+    class Handler(spiderflow.BaseHandler):
+        def on_start(self):
+            self.crawl(start, callback=self.index_page)
+
+        def index_page(self, response):
+            for href in response.etree.xpath("//a/@href"):
+                self.crawl(href, callback=self.index_page)
+            return {"n": int(response.url.rsplit("=", 1)[1])}
+
+    results = spiderflow.crawl(Handler, rate=1000, burst=1000)
+    assert sorted(r["result"]["n"] for r in results) == sorted(link_farm_reachable(19, 3))
+    assert {r["url"] for r in results} == {httpbin.url + link_farm_url(19, 3, n) for n in link_farm_reachable(19, 3)}
