@@ -5,6 +5,7 @@
     SpiderflowError
     ├── ConfigError                  bad settings, config file, option or URL
     │   └── UnknownSchemeError       a queue or database URL with a scheme we do not know
+    ├── ControlError                 the scheduler's control interface answered an error or is unreachable
     ├── InvalidProjectName           a project name that is not [A-Za-z0-9_-], 1-64 chars
     ├── SerializationError           bytes that are not a spiderflow message, or fields of the wrong type
     ├── QueueError
@@ -13,7 +14,11 @@
     │   └── QueueClosed              the queue was closed
     ├── StorageError                 a database operation failed
     │   └── SchemaVersionError       the database was written by a newer spiderflow
-    └── ScriptError                  a project script failed to compile or load
+    ├── CounterFileError             the scheduler's counter file is unusable (reported, then replaced)
+    ├── FetchOptionError             a task's fetch options cannot become a request (a 599 result)
+    ├── ScriptError                  a project script failed to compile or load
+    ├── CrawlError                   self.crawl() got an option or URL it cannot use (fails the task)
+    └── HTTPError                    Response.raise_for_status(): an error status or a failed fetch
 
 Errors that cross a stage boundary (a failed fetch, a callback that raised) are not
 exceptions: they become data (a FetchResult with status 599, a track with the traceback).
@@ -80,6 +85,35 @@ class SchemaVersionError(StorageError):
 
 class ScriptError(SpiderflowError):
     """A project script failed to compile or load."""
+
+
+class ControlError(SpiderflowError):
+    """The scheduler's control interface answered with an error (or could not be reached)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"scheduler control: {status} {message}")
+        self.status = status
+        self.message = message
+
+
+class CounterFileError(SpiderflowError, ValueError):
+    """The scheduler's counter file exists but cannot be used."""
+
+
+class FetchOptionError(SpiderflowError, ValueError):
+    """A task's fetch options cannot be turned into a request (reported as status 599)."""
+
+
+class CrawlError(SpiderflowError, TypeError):
+    """self.crawl() was called with an option or URL it cannot use."""
+
+
+class HTTPError(SpiderflowError):
+    """raise_for_status(): the fetch failed or the server answered with an error status."""
+
+    def __init__(self, message: str, response: object | None = None):
+        super().__init__(message)
+        self.response = response
 
 
 def redact_url(url: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import multiprocessing
 import os
@@ -26,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .exceptions import ConfigError, InvalidProjectName
-from .message import Fetch, ProjectStatus, Process, ResultPack, Task, TaskStatus, validate_project_name
-from .queues import QUEUE_NAMES, BaseQueue, connect_queues
+from .message import Fetch, Process, ProjectStatus, ResultPack, Task, TaskStatus, validate_project_name
+from .queues import BaseQueue, connect_queues
 from .settings import Settings
 from .storage import connect_projectdb, connect_resultdb, connect_taskdb
 

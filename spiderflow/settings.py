@@ -60,6 +60,12 @@ class Settings:
     delete_time: float = 24 * 3600.0           # STOP + group "delete" → dropped after this
     active_tasks: int = 100                    # recent tasks kept per project for the web UI
     counter_dump_interval: float = 60.0
+    project_check_interval: float = 5.0        # seconds between projectdb polls (scheduler, processor)
+    time_horizon: float = 300.0                # tasks due later than this stay in taskdb only
+    finished_delay: float = 1.0                # a project stays drained this long before on_finished
+    request_batch: int = 10000                 # new-task messages drained per loop
+    status_batch: int = 10000                  # status packs drained per loop
+    load_pages: int = 4                        # taskdb pages loaded per project per loop at most
 
     # -- fetcher -----------------------------------------------------------------
     poolsize: int = 100

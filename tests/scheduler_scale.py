@@ -116,8 +116,7 @@ def measure_start(directory: str) -> dict:
 
 def measure_requests(directory: str, n: int) -> dict:
     """Run in a fresh process: n new tasks (then the same n again) through check-requests."""
-    from spiderflow.message import Process, Task, md5_taskid
-    from spiderflow.message import StatusPack, Track
+    from spiderflow.message import Process, StatusPack, Task, Track, md5_taskid
 
     scheduler, queues = _scheduler(directory, loop_limit=0)
     scheduler.run_once()

@@ -8,11 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
 
 from spiderflow.message import ProjectStatus, TaskStatus
 from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb

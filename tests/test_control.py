@@ -9,11 +9,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+from test_scheduler import Harness
 
 from spiderflow.exceptions import ConfigError
 from spiderflow.message import Task
 from spiderflow.scheduler import ControlClient, ControlError, ThreadedScheduler, serve_control
-from test_scheduler import Harness
 
 
 class ServerThread:

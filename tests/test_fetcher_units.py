@@ -6,6 +6,7 @@ import gzip
 import zlib
 
 import pytest
+
 from spiderflow.fetcher import body, cookies, request
 from spiderflow.fetcher.request import FetchOptionError, build_spec, parse_proxy, redirect_target
 from spiderflow.message import Fetch, Task, Track

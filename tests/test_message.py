@@ -9,8 +9,23 @@ import pytest
 
 from spiderflow.exceptions import InvalidProjectName, SerializationError
 from spiderflow.message import (
-    SCHEMA_VERSION, SPECIAL_TASKS, Fetch, FetchResult, Process, ProjectStatus, ResultPack, Schedule,
-    StatusPack, Task, TaskStatus, Track, md5_taskid, pack, special_task, unpack, validate_project_name,
+    SCHEMA_VERSION,
+    SPECIAL_TASKS,
+    Fetch,
+    FetchResult,
+    Process,
+    ProjectStatus,
+    ResultPack,
+    Schedule,
+    StatusPack,
+    Task,
+    TaskStatus,
+    Track,
+    md5_taskid,
+    pack,
+    special_task,
+    unpack,
+    validate_project_name,
 )
 
 

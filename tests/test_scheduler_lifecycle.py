@@ -9,12 +9,11 @@ import os
 import time
 
 import pytest
+from test_scheduler import Harness, urls
 
-from spiderflow.message import (Fetch, ProjectStatus, ResultPack, StatusPack, Task, TaskStatus, Track,
-                                special_task)
+from spiderflow.message import Fetch, ProjectStatus, ResultPack, StatusPack, Task, TaskStatus, Track, special_task
 from spiderflow.queues import connect_queue
 from spiderflow.scheduler import ThreadedScheduler
-from test_scheduler import Harness, urls
 
 
 @pytest.fixture

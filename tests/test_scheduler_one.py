@@ -6,8 +6,7 @@ import asyncio
 
 import lxml.html
 
-from spiderflow.message import (FetchResult, Process, ResultPack, Schedule, StatusPack, Task, TaskStatus, Track,
-                                md5_taskid)
+from spiderflow.message import FetchResult, Process, ResultPack, Schedule, StatusPack, Task, TaskStatus, Track, md5_taskid
 from spiderflow.scheduler import OneScheduler
 from spiderflow.settings import Settings
 from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb

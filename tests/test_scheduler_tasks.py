@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from test_scheduler import Harness, urls
 
 from spiderflow.message import Fetch, Process, Schedule, StatusPack, Task, Track
-from test_scheduler import Harness, urls
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from test_scheduler import Harness, urls
 
 from spiderflow.message import Schedule, Task, TaskStatus
-from test_scheduler import Harness, urls
 
 SMALL = {"task_window": 8, "task_load_page": 3, "loop_limit": 4}
 

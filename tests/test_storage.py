@@ -12,18 +12,28 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from conftest import require_service
 
 from spiderflow import storage
 from spiderflow.exceptions import (
-    ConfigError, InvalidProjectName, SchemaVersionError, StorageError, UnknownSchemeError,
+    ConfigError,
+    InvalidProjectName,
+    SchemaVersionError,
+    StorageError,
+    UnknownSchemeError,
 )
 from spiderflow.message import (
-    Fetch, Process, ProjectStatus, ResultPack, Schedule, Task, TaskStatus, Track,
+    Fetch,
+    Process,
+    ProjectStatus,
+    ResultPack,
+    Schedule,
+    Task,
+    TaskStatus,
+    Track,
 )
 from spiderflow.storage.base import META, METADATA
 from spiderflow.storage.taskdb import active_queries
-
-from conftest import require_service
 
 BAD_NAME = "p'; drop table x; --"
 needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),

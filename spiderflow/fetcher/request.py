@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, unquote, unquote_to_bytes, urlencode, urljoin, urlsplit, urlunsplit
 
+from ..exceptions import FetchOptionError
 from ..message import Task
 from ..settings import Settings
 
@@ -26,10 +27,6 @@ REDIRECT_CODES = frozenset((301, 302, 303, 307, 308))
 
 _PROXY_SCHEMES = {"http": 1080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
 _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
-
-
-class FetchOptionError(ValueError):
-    """A task's fetch options cannot be turned into a request (reported as status 599)."""
 
 
 @dataclass(frozen=True, slots=True)

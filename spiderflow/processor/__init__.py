@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .crawl import CRAWL_OPTIONS, CrawlError
 from .handler import BaseHandler, catch_status_code_error, config, every, not_send_status
-from .processor import ProcessOutcome, Processor
+from .processor import Processor, ProcessOutcome
 from .project import Project, ProjectManager, TaskRun, load_project
 from .response import Headers, HTTPError, Response
 from .timelimit import TimeLimit, TimeLimitExceeded

@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlencode
 
-from ..exceptions import SerializationError, SpiderflowError
+from ..exceptions import CrawlError, SerializationError
 from ..message import Fetch, Process, Schedule, Task, md5_taskid
 from .urls import url_joiner
 
@@ -34,10 +34,6 @@ _JS_OPTIONS = frozenset(("js_run_at", "js_script", "js_viewport_width", "js_view
 _URL_SCHEMES = ("http", "https", "data")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _PLAIN = (str, int, float, bool, bytes, type(None))
-
-
-class CrawlError(SpiderflowError, TypeError):
-    """self.crawl() was called with an option or URL it cannot use."""
 
 
 def merge_options(base: dict[str, Any] | None, mid: dict[str, Any] | None,

@@ -21,7 +21,7 @@ from typing import Any
 from ..exceptions import QueueClosed, QueueEmpty, SerializationError
 from ..message import FetchResult, ResultPack, StatusPack, Task, Track
 from ..settings import Settings
-from .project import DEFAULT_CHECK_INTERVAL, Project, ProjectManager, TaskRun
+from .project import Project, ProjectManager, TaskRun
 from .response import Response
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Processor:
     def __init__(self, inqueue: Any = None, status_queue: Any = None, newtask_queue: Any = None,
                  result_queue: Any = None, projectdb: Any = None, settings: Settings | None = None,
                  clock: Callable[[], float] = time.time, *, projects: ProjectManager | None = None,
-                 capture_stdout: bool = True, check_interval: float = DEFAULT_CHECK_INTERVAL,
+                 capture_stdout: bool = True, check_interval: float | None = None,
                  poll_interval: float = 1.0):
         self.inqueue = inqueue
         self.status_queue = status_queue
@@ -63,6 +63,8 @@ class Processor:
         self.result_queue = result_queue
         self.settings = settings or Settings()
         self.clock = clock
+        if check_interval is None:
+            check_interval = self.settings.project_check_interval
         self.projects = projects or ProjectManager(projectdb, check_interval=check_interval, clock=clock,
                                                    time_limit=self.settings.process_time_limit)
         self.capture_stdout = capture_stdout

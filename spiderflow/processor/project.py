@@ -25,6 +25,7 @@ from typing import Any
 
 from ..exceptions import ScriptError
 from ..message import Task
+from ..settings import Settings
 from .capture import Capture, script_logger
 from .handler import BaseHandler
 from .response import Response
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 PROTECTED_FILES.add(__file__)  # Project.run's clean-up must not be interrupted by the time limit
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CHECK_INTERVAL = 5.0
+DEFAULT_CHECK_INTERVAL = Settings().project_check_interval
 
 
 @dataclass(slots=True)

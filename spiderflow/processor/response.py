@@ -15,18 +15,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..exceptions import SpiderflowError
+from ..exceptions import HTTPError
 from ..message import FetchResult, Task
 from .urls import url_joiner
-
-
-class HTTPError(SpiderflowError):
-    """raise_for_status(): the fetch failed or the server answered with an error status."""
-
-    def __init__(self, message: str, response: Response | None = None):
-        super().__init__(message)
-        self.response = response
-
 
 #: Labels replaced by the superset browsers decode them with (WHATWG encoding standard).
 _SUPERSETS = {

@@ -36,21 +36,12 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from ..exceptions import ConfigError, SerializationError, SpiderflowError
+from ..exceptions import ConfigError, ControlError, SerializationError
 from ..message import Task
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024
-
-
-class ControlError(SpiderflowError):
-    """The control interface answered with an error (or could not be reached)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"scheduler control: {status} {message}")
-        self.status = status
-        self.message = message
 
 
 def _json_default(value: Any) -> Any:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..exceptions import CounterFileError
+
 logger = logging.getLogger(__name__)
 
 #: window name -> (span in seconds, bucket size in seconds)
@@ -25,10 +27,6 @@ WINDOWS: dict[str, tuple[int, int]] = {"5m": (300, 10), "1h": (3600, 60), "1d": 
 EVENTS = ("pending", "success", "retry", "failed")
 TIMES = ("fetch_time", "process_time")
 FILE_VERSION = 1
-
-
-class CounterFileError(ValueError):
-    """The counter file exists but cannot be used."""
 
 
 class Counters:

@@ -46,19 +46,17 @@ _DEFAULT = "<data_dir>/scheduler.counters.json"
 class Scheduler(NewTasks, Operations):
     """Schedules every project's tasks to ``out_queue`` (scheduler2fetcher).
 
-    Tuning keywords (candidates for Settings): ``project_check_interval`` (seconds between
-    projectdb polls), ``time_horizon`` (tasks due later than this stay in taskdb only),
-    ``finished_delay`` (how long a project must stay drained before on_finished),
-    ``request_batch`` / ``status_batch`` (messages drained per loop), ``load_pages``
-    (taskdb pages loaded per project per loop at most). ``counter_file``: where counters
-    are saved (default ``<data_dir>/scheduler.counters.json``; None: not saved).
+    The tuning keywords override the settings of the same name (``project_check_interval``,
+    ``time_horizon``, ``finished_delay``, ``request_batch``, ``status_batch``,
+    ``load_pages``). ``counter_file``: where counters are saved (default
+    ``<data_dir>/scheduler.counters.json``; None: not saved).
     """
 
     def __init__(self, *, projectdb: Any, taskdb: Any, resultdb: Any, newtask_queue: Any,
                  status_queue: Any, out_queue: Any, settings: Settings = Settings(),
-                 clock: Callable[[], float] = time.time, project_check_interval: float = 5.0,
-                 time_horizon: float = 300.0, finished_delay: float = 1.0,
-                 request_batch: int = 10000, status_batch: int = 10000, load_pages: int = 4,
+                 clock: Callable[[], float] = time.time, project_check_interval: float | None = None,
+                 time_horizon: float | None = None, finished_delay: float | None = None,
+                 request_batch: int | None = None, status_batch: int | None = None, load_pages: int | None = None,
                  counter_file: str | None = _DEFAULT):
         self.projectdb = projectdb
         self.taskdb = taskdb
@@ -68,13 +66,16 @@ class Scheduler(NewTasks, Operations):
         self.out_queue = out_queue
         self.settings = settings
         self._clock = clock
-        self.project_check_interval = project_check_interval
-        self.time_horizon = time_horizon
-        self.finished_delay = finished_delay
-        self.request_batch = request_batch
-        self.status_batch = status_batch
-        self.load_pages = load_pages
-        self.window = Window(taskdb, settings, time_horizon, load_pages)
+        def pick(value: Any, name: str) -> Any:
+            return getattr(settings, name) if value is None else value
+
+        self.project_check_interval = pick(project_check_interval, "project_check_interval")
+        self.time_horizon = pick(time_horizon, "time_horizon")
+        self.finished_delay = pick(finished_delay, "finished_delay")
+        self.request_batch = pick(request_batch, "request_batch")
+        self.status_batch = pick(status_batch, "status_batch")
+        self.load_pages = pick(load_pages, "load_pages")
+        self.window = Window(taskdb, settings, self.time_horizon, self.load_pages)
 
         self.projects: dict[str, ProjectState] = {}
         self._lock: Any = contextlib.nullcontext()   # a real lock in ThreadedScheduler

@@ -9,7 +9,6 @@ that take the connection over to misbehave on it.
 
 from __future__ import annotations
 
-
 import asyncio
 import base64
 import binascii

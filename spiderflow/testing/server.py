@@ -7,7 +7,6 @@ and closes every open connection on the way out. Loopback only unless asked othe
 
 from __future__ import annotations
 
-
 import argparse
 import asyncio
 import collections
