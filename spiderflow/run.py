@@ -95,7 +95,7 @@ def build_processor(settings: Settings, queues: dict[str, BaseQueue] | None, dbs
 def build_result_worker(settings: Settings, queues: dict[str, BaseQueue] | None, dbs: Databases | None,
                         sink: str | None = None, **kwargs: Any):
     from .result import load_result_worker_class
-    cls = load_result_worker_class(sink)
+    cls = load_result_worker_class(sink or settings.result_sink)
     return cls((queues or {}).get("processor2result"), dbs.resultdb if dbs else None, settings, **kwargs)
 
 
@@ -141,7 +141,7 @@ def die_with_parent() -> None:
 # -- one component in this process -------------------------------------------------------------
 
 def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *, burst: bool = False,
-                  sink: str | None = None, control: bool = True, sigint: bool = True) -> None:
+                  control: bool = True, sigint: bool = True) -> None:
     """Run one component until a signal (or, with *burst*, until its input is drained)."""
     if kind not in COMPONENTS:
         raise ConfigError(f"unknown component {kind!r}; known: {', '.join(COMPONENTS)}")
@@ -160,7 +160,7 @@ def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *
             install_stop_signals(processor.stop, kind, sigint)
             processor.run(burst=burst)
         else:
-            worker = build_result_worker(settings, queues, dbs, sink)
+            worker = build_result_worker(settings, queues, dbs)
             install_stop_signals(worker.stop, kind, sigint)
             worker.run(burst=burst)
     finally:
@@ -402,6 +402,8 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
     scripts = list(scripts)
     for name, script in scripts:
         check_script(name, script)
+    from .result import load_result_worker_class
+    load_result_worker_class(settings.result_sink)  # a bad sink name fails here, not in every child
     dbs = open_databases(settings)
     try:
         for name, script in scripts:

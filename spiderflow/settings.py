@@ -84,6 +84,7 @@ class Settings:
 
     # -- result worker -----------------------------------------------------------
     result_batch: int = 100
+    result_sink: str | None = None             # resultdb (default), jsonl, an entry point name, or module:Class
 
     # -- nodes -------------------------------------------------------------------
     heartbeat_interval: float = 10.0

@@ -259,3 +259,9 @@ def test_crawl_from_python_returns_results(httpbin):
     results = spiderflow.crawl(Handler, rate=1000, burst=1000)
     assert sorted(r["result"]["n"] for r in results) == sorted(link_farm_reachable(19, 3))
     assert {r["url"] for r in results} == {httpbin.url + link_farm_url(19, 3, n) for n in link_farm_reachable(19, 3)}
+
+
+def test_all_refuses_an_unknown_result_sink(tmp_path):
+    out = spiderflow("--data-dir", str(tmp_path / "data"), "all", "--result-sink", "nowhere", "--exit-when-done",
+                     cwd=tmp_path)
+    assert out.returncode != 0 and "unknown result sink 'nowhere'" in out.stderr and "Traceback" not in out.stderr

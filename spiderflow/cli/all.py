@@ -21,6 +21,8 @@ from .options import db_options, handles_errors, queue_options
 @click.option("--burst", type=float, default=None, help="Burst of the --project scripts [their '# burst: N', else 3].")
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches per fetcher [100].")
 @click.option("--scheduler-port", type=int, default=None, help="Scheduler control interface port [23333].")
+@click.option("--result-sink", default=None, metavar="NAME",
+              help="Result sink of the result workers: resultdb (default), jsonl, an entry point, or module:Class.")
 @queue_options
 @db_options
 @click.pass_context

@@ -16,7 +16,7 @@ from . import get_settings
 from .options import db_options, handles_errors, queue_options
 
 
-def _run(ctx: click.Context, kind: str, burst: bool, sink: str | None = None, **overrides) -> None:
+def _run(ctx: click.Context, kind: str, burst: bool, **overrides) -> None:
     settings = get_settings(ctx, **overrides)
     if not settings.queue:
         raise ConfigError(f"spiderflow {kind} needs a shared queue: give --queue redis://HOST:6379/0 or "
@@ -27,7 +27,7 @@ def _run(ctx: click.Context, kind: str, burst: bool, sink: str | None = None, **
         raise ConfigError(f"a {scheme}:// queue cannot be shared with other processes; use redis:// or amqp:// "
                           "for separately started components, or `spiderflow all`")
     queues = connect_queues(settings.queue, settings.queue_maxsize)
-    run_component(kind, settings, queues, burst=burst, sink=sink)
+    run_component(kind, settings, queues, burst=burst)
 
 
 @click.command("scheduler")
@@ -71,14 +71,14 @@ def processor(ctx: click.Context, burst: bool, **options) -> None:
 @click.command("result-worker")
 @queue_options
 @db_options
-@click.option("--sink", default=None, metavar="NAME",
+@click.option("--sink", "result_sink", default=None, metavar="NAME",
               help="Result sink: resultdb (default), jsonl, an entry point of spiderflow.result_sinks, or module:Class.")
 @click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
 @click.pass_context
 @handles_errors
-def result_worker(ctx: click.Context, burst: bool, sink: str | None, **options) -> None:
+def result_worker(ctx: click.Context, burst: bool, **options) -> None:
     """Run a result worker (stores results)."""
-    _run(ctx, "result-worker", burst, sink, **options)
+    _run(ctx, "result-worker", burst, **options)
 
 
 COMMANDS = [scheduler, fetcher, processor, result_worker]
