@@ -81,25 +81,14 @@ class OneScheduler(Scheduler):
             self._work += len(batch)
         return len(batch)
 
-    async def run(self, burst: bool = False) -> None:
-        """Repeat :meth:`arun_once` until stop(); with *burst*, until nothing is left to do."""
-        logger.info("one scheduler started%s", f" for project {self.project}" if self.project else "")
-        reason = "stopped"
+    kind = "one scheduler"
+
+    async def _astep(self) -> None:
         try:
-            while not self._stopping.is_set():
-                try:
-                    await self.arun_once()
-                except Exception:  # the loop boundary
-                    logger.exception("one scheduler pass failed")
-                    self._work = 0
-                if burst and self.idle():
-                    reason = "burst: nothing left to do"
-                    break
-                await asyncio.sleep(0 if self._work else self.settings.loop_interval)
-        finally:
-            self.shutdown()
-            self._stopping.clear()
-            logger.info("one scheduler exiting: %s", reason)
+            await self.arun_once()
+        except Exception:  # the loop boundary
+            logger.exception("one scheduler pass failed")
+            self._work = 0
 
     async def _fetch(self, task: Task) -> FetchResult:
         try:

@@ -117,11 +117,11 @@ class Scheduler(NewTasks, Operations):
 
     async def run(self, burst: bool = False) -> None:
         """Repeat :meth:`run_once` until :meth:`stop`; with *burst*, also stop when idle."""
-        logger.info("scheduler started")
+        logger.info("%s started", self.kind)
         reason = "stopped"
         try:
             while not self._stopping.is_set():
-                self._loop_step()
+                await self._astep()
                 if burst and self.idle():
                     reason = "burst: nothing left to do"
                     break
@@ -129,7 +129,14 @@ class Scheduler(NewTasks, Operations):
         finally:
             self.shutdown()
             self._stopping.clear()
-            logger.info("scheduler exiting: %s", reason)
+            logger.info("%s exiting: %s", self.kind, reason)
+
+    #: the name the loop logs under
+    kind = "scheduler"
+
+    async def _astep(self) -> None:
+        """One pass of :meth:`run`; OneScheduler also fetches and processes what it selected."""
+        self._loop_step()
 
     def _loop_step(self) -> None:
         try:
