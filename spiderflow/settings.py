@@ -8,6 +8,7 @@ Precedence, highest first: command-line flag > ``SPIDERFLOW_<NAME>`` environment
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import typing
@@ -176,6 +177,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise bad() from None
         return pairs
     return value  # pragma: no cover - every field type is handled above
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* is a loopback address: servers bound elsewhere must require credentials."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def read_config_file(path: str) -> dict[str, Any]:

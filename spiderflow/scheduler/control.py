@@ -24,7 +24,6 @@ project or path) or 405.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import urllib.error
@@ -38,6 +37,7 @@ import tornado.web
 
 from ..exceptions import ConfigError, ControlError, SerializationError
 from ..message import Task
+from ..settings import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -221,15 +221,6 @@ def make_control_app(scheduler: Any, token: str | None = None) -> tornado.web.Ap
         scheduler=scheduler,
         control_token=token or None,
     )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve_control(scheduler: Any, host: str | None = None, port: int | None = None,

@@ -23,7 +23,13 @@ from spiderflow.testing.pages import (
     link_farm_reachable,
     link_farm_url,
 )
-from spiderflow.testing.server import ServerProcess, TestServer, main, serve_in_process, serve_in_thread
+from spiderflow.testing.server import (
+    ServerProcess,
+    TestServer,
+    main,
+    serve_in_process,
+    serve_in_thread,
+)
 
 __all__ = [
     "ENCODING_SAMPLES",

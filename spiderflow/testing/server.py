@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import ipaddress
 import logging
 import multiprocessing
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 
+from spiderflow.settings import is_loopback
 from spiderflow.testing.app import make_app
 
 logger = logging.getLogger(__name__)
@@ -190,15 +190,6 @@ def serve_in_process(host: str = "127.0.0.1", port: int = 0, start_method: str =
     return ServerProcess(host, port, start_method)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m spiderflow.testing``: print the URL, serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m spiderflow.testing",
@@ -208,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-remote", action="store_true", help="allow a --host that is not loopback")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
-    if not (_is_loopback(args.host) or args.allow_remote):
+    if not (is_loopback(args.host) or args.allow_remote):
         parser.error(f"--host {args.host} is not a loopback address; add --allow-remote to serve it anyway")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
