@@ -1,5 +1,7 @@
-"""One queue suite, run against every queue backend (memory, multiprocessing; redis and amqp
-join when their backends land)."""
+"""One queue suite, run against every queue backend: memory, multiprocessing, and redis and
+amqp on the local servers (skipped, or failed under SPIDERFLOW_REQUIRE_SERVICES=1, when down).
+Redis tests use their own key prefix in DB 15, amqp tests their own queue names; both are
+removed afterwards."""
 
 from __future__ import annotations
 
@@ -7,31 +9,63 @@ import asyncio
 import multiprocessing
 import threading
 import time
+import uuid
 
 import pytest
+from conftest import require_service
 
 from spiderflow.exceptions import ConfigError, QueueClosed, QueueEmpty, QueueFull, SerializationError, UnknownSchemeError
 from spiderflow.message import FetchResult, ResultPack, Task
 from spiderflow.queues import QUEUE_NAMES, connect_queue, connect_queues
 
-BACKENDS = ["memory://", "multiprocessing://"]
+BACKENDS = ["memory://", "multiprocessing://", "redis://", "amqp://"]
 
 # multiprocessing queues hand items to a feeder thread: give them a moment to appear
 SETTLE = 2.0
 
 
+def service_queue_url(scheme: str, tag: str) -> str:
+    """The local server's URL for *scheme* (redis gets the key prefix *tag*)."""
+    url = require_service(scheme)
+    return f"{url}{'&' if '?' in url else '?'}prefix={tag}" if scheme == "redis" else url
+
+
+def cleanup_service(scheme: str, url: str, tag: str, names) -> None:
+    """Delete what a test made: redis keys under prefix *tag*, amqp queues *names*."""
+    if scheme == "redis":
+        import redis
+        client = redis.Redis.from_url(url.split("?", 1)[0])
+        keys = list(client.scan_iter(match=f"{tag}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    elif scheme == "amqp" and names:
+        import pika
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        for name in names:
+            ch.queue_delete(name)
+        conn.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def make_queue(request):
+    scheme = request.param.split(":", 1)[0]
+    tag = f"sftest-{uuid.uuid4().hex[:10]}"
+    url = service_queue_url(scheme, tag) if scheme in ("redis", "amqp") else request.param
     made = []
 
     def make(maxsize=10, name="q"):
-        q = connect_queue(request.param, name, maxsize)
+        if scheme == "amqp":
+            name = f"{tag}-{name}"
+        q = connect_queue(url, name, maxsize)
         made.append(q)
         return q
 
     yield make
     for q in made:
         q.close()
+    cleanup_service(scheme, url, tag, {q.name for q in made})
 
 
 def task(i: int) -> Task:

@@ -1,0 +1,478 @@
+"""``amqp://``: bounded queues on RabbitMQ, acknowledged after the message is handled.
+
+Connection string::
+
+    amqp://user:password@host:5672/vhost[?prefetch=100]
+
+(the default vhost ``/`` is written ``%2F``, or left out). Each queue is a durable RabbitMQ
+queue of the same name holding persistent messages. A bounded queue is declared with
+``x-max-length=maxsize`` and ``x-overflow=reject-publish``, and every publish waits for
+the broker's confirm, so a full queue is a QueueFull (after *timeout*), never a silently
+dropped message; ``put_many`` pipelines its publishes and waits for their confirms
+together. ``receive()`` takes one message with ``basic.get``: nothing is pushed to a
+consumer ahead of time, so *maxsize* bounds what waits in the queue exactly, and
+*prefetch* caps how many unacknowledged messages one queue object holds (RabbitMQ does not
+count those toward ``x-max-length``, as redis does not count in-flight ones). ``ack()`` is
+``basic.ack``, ``reject()`` is ``basic.nack``; a message whose connection dies unacked is
+redelivered by RabbitMQ. ``get()`` is at-most-once (``auto_ack``).
+
+When the connection drops (broker restart, network), the next call reconnects, with a
+bounded backoff, and carries on; deliveries taken on the dead connection can no longer be
+acked (that is logged at debug level, RabbitMQ redelivers them). Declaring a queue that
+already exists with another *maxsize* fails with a ConfigError saying what to do.
+
+pika's connection is not thread-safe: a queue object serializes its calls with a lock (so
+threads may share it, one call at a time); a light thread answers heartbeats while the
+owner is busy elsewhere. After a fork the child opens its own connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import _IoloopTimerContext  # pika 1.x; pipelined confirms need it
+
+from ..exceptions import ConfigError, QueueEmpty, QueueError, QueueFull, SerializationError, redact_url
+from .base import BaseQueue, Delivery
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_PREFETCH = 100
+_PUBLISH_WINDOW = 2000             # publishes in flight before waiting for their confirms
+_CONFIRM_WAIT = 2.0                # least time given to the broker to confirm a publish (seconds)
+_CONFIRM_WAIT_BLOCKING = 30.0      # ... and when the caller waits without a timeout
+_RECEIVE_BUDGET = 0.05             # receive_many stops fetching after this long (the caller may be a loop)
+_RECONNECT_ATTEMPTS = 8            # per call, when it has no deadline of its own
+_RECONNECT_MIN, _RECONNECT_MAX = 0.1, 5.0
+_KEEPALIVE_EVERY = 10.0            # seconds between heartbeat services by the keeper thread
+_POLL_MIN, _POLL_MAX = 0.002, 0.05
+_PERSISTENT = pika.BasicProperties(delivery_mode=2)
+_ERRORS = (pika.exceptions.AMQPError, OSError)  # a dead or broken connection: reconnect
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    """pika connection keywords and queue options from *url*; ConfigError names what is wrong."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 5672
+    except ValueError as exc:
+        raise ConfigError(f"bad amqp queue URL {shown!r}: {exc}") from None
+    if parts.scheme != "amqp":
+        raise ConfigError(f"not an amqp URL: {shown!r}")
+    if parts.fragment:
+        raise ConfigError(f"unexpected '#{parts.fragment}' in amqp queue URL {shown!r}")
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - {"prefetch"})
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} in amqp queue URL {shown!r}; known: prefetch")
+    prefetch = query.get("prefetch", str(DEFAULT_PREFETCH))
+    if not prefetch.isdigit() or int(prefetch) < 1:
+        raise ConfigError(f"prefetch in amqp queue URL {shown!r} must be a positive whole number, not {prefetch!r}")
+    return {
+        "host": parts.hostname or "127.0.0.1", "port": port, "vhost": vhost,
+        "username": unquote(parts.username) if parts.username else "guest",
+        "password": unquote(parts.password) if parts.password else "guest",
+        "prefetch": int(prefetch),
+    }
+
+
+def _keep_alive(ref: weakref.ref, stop: threading.Event) -> None:
+    """Let pika answer heartbeats while the queue's owner is busy, until *stop* or garbage."""
+    while not stop.wait(_KEEPALIVE_EVERY):
+        queue = ref()
+        if queue is None:
+            return
+        queue._service()
+        del queue
+
+
+class AmqpQueue(BaseQueue):
+    """A bounded queue on RabbitMQ; see the module docstring for how it maps onto AMQP."""
+
+    scheme = "amqp"
+    reliable = True
+
+    def __init__(self, name: str, maxsize: int = 0, url: str = DEFAULT_URL, *, prefetch: int | None = None):
+        super().__init__(name, maxsize)
+        options = _parse_url(url)
+        self.url = redact_url(url)
+        self.vhost = options["vhost"]
+        self.prefetch = int(prefetch or options["prefetch"])
+        self._params = pika.ConnectionParameters(
+            host=options["host"], port=options["port"], virtual_host=options["vhost"],
+            credentials=pika.PlainCredentials(options["username"], options["password"]),
+            connection_attempts=1, socket_timeout=5, stack_timeout=10, blocked_connection_timeout=60,
+            client_properties={"connection_name": f"spiderflow {name} {socket.gethostname()}-{os.getpid()}"})
+        self._arguments = {"x-max-length": maxsize, "x-overflow": "reject-publish"} if maxsize else {}
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn: pika.BlockingConnection | None = None
+        self._ch: Any = None
+        self._generation = 0            # bumped on every (re)connect; delivery tags carry it
+        self._connects = 0              # connections opened by this process
+        self._unacked: set[int] = set()
+        self._capped = False            # the prefetch cap was hit (warned once)
+        self._seq = 0                   # publish sequence number on the channel (confirm mode)
+        self._pending: collections.deque[int] = collections.deque()  # publishes awaiting a confirm
+        self._outcome: dict[int, bool] = {}
+        self._returned: list[bytes] = []
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._keeper_stop = threading.Event()
+        self._keeper_pid = 0
+        with self._lock:
+            self._channel(time.monotonic())  # fail fast on a bad URL, credentials or arguments
+
+    # -- connection ---------------------------------------------------------------------
+    def _check_pid(self) -> None:
+        """After a fork the inherited connection belongs to the parent: leave it alone."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.RLock()
+            self._conn = self._ch = None
+            self._connects = 0
+            self._unacked.clear()
+            self._pending.clear()
+            self._keeper_stop = threading.Event()
+
+    def _connect(self) -> None:
+        try:
+            conn = pika.BlockingConnection(self._params)
+        except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError) as exc:
+            raise ConfigError(f"RabbitMQ at {self.url} refused the credentials: {exc!r}") from exc
+        except pika.exceptions.ProbableAccessDeniedError as exc:
+            raise ConfigError(f"RabbitMQ at {self.url} denied access to vhost {self.vhost!r}: {exc!r}") from exc
+        except _ERRORS as exc:
+            raise QueueError(f"amqp queue {self.name!r}: cannot connect to {self.url}: {exc!r}") from exc
+        try:
+            ch = conn.channel()
+            self._declare(ch)
+            selected: list[bool] = []
+            ch._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: selected.append(True))
+            ch._flush_output(lambda: bool(selected))
+            ch._impl.add_on_return_callback(self._on_return)
+        except BaseException as exc:
+            try:
+                if conn.is_open:
+                    conn.close()
+            except _ERRORS:
+                pass
+            if isinstance(exc, _ERRORS):
+                raise QueueError(f"amqp queue {self.name!r}: setting up on {self.url} failed: {exc!r}") from exc
+            raise
+        self._conn, self._ch = conn, ch
+        self._generation += 1
+        self._connects += 1
+        self._unacked.clear()
+        self._seq = 0
+        self._pending.clear()
+        if self._keeper_pid != os.getpid():  # one keeper per queue object and process
+            self._keeper_pid = os.getpid()
+            threading.Thread(target=_keep_alive, args=(weakref.ref(self), self._keeper_stop), daemon=True,
+                             name=f"spiderflow-amqp-keepalive-{self.name}").start()
+
+    def _declare(self, ch: Any) -> None:
+        try:
+            ch.queue_declare(self.name, durable=True, arguments=self._arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 406:
+                bound = f"maxsize={self.maxsize}" if self.maxsize else "no maxsize"
+                raise ConfigError(
+                    f"queue {self.name!r} already exists on {self.url} with other arguments "
+                    f"({exc.reply_text}); this process asked for {bound}. Use the same --queue-maxsize "
+                    f"everywhere, or delete the queue (rabbitmqctl delete_queue {self.name} -p {self.vhost}) "
+                    "once it is drained") from None
+            if exc.reply_code == 403:
+                raise ConfigError(f"RabbitMQ at {self.url} refused to declare queue {self.name!r}: "
+                                  f"{exc.reply_text}") from None
+            raise
+
+    def _drop(self) -> None:
+        """Forget the connection (closing it if it is still ours and open)."""
+        conn, self._conn, self._ch = self._conn, None, None
+        self._unacked.clear()
+        self._pending.clear()
+        if conn is not None:
+            try:
+                if conn.is_open:
+                    conn.close()
+            except _ERRORS as exc:
+                logger.debug("amqp queue %s: closing a broken connection: %r", self.name, exc)
+
+    def _channel(self, deadline: float | None) -> Any:
+        """The open channel, reconnecting with a bounded backoff; QueueError if the broker stays away.
+
+        *deadline* (monotonic) bounds the wait; without one, a few attempts are made.
+        """
+        if self._ch is not None and self._ch.is_open and self._conn.is_open:
+            return self._ch
+        if self._conn is not None:
+            logger.warning("amqp queue %s: the connection to %s was closed; reconnecting", self.name, self.url)
+            self._drop()
+        attempts = 0
+        while True:
+            now = time.monotonic()
+            if now < self._retry_at:
+                if deadline is not None and self._retry_at > deadline:
+                    raise QueueError(f"amqp queue {self.name!r}: {self.url} is unreachable; "
+                                     f"next attempt in {self._retry_at - now:.2f}s")
+                time.sleep(self._retry_at - now)
+            try:
+                self._connect()
+            except QueueError:
+                attempts += 1
+                self._backoff = min(max(self._backoff * 2, _RECONNECT_MIN), _RECONNECT_MAX)
+                self._retry_at = time.monotonic() + self._backoff
+                if (deadline is None and attempts >= _RECONNECT_ATTEMPTS) or (
+                        deadline is not None and time.monotonic() >= deadline):
+                    raise
+                continue
+            if self._connects > 1:
+                logger.info("amqp queue %s: reconnected to %s", self.name, self.url)
+            self._backoff = self._retry_at = 0.0
+            return self._ch
+
+    def _run(self, op: Callable[[Any], Any], deadline: float | None) -> Any:
+        """Run *op(channel)* under the lock; on a lost connection reconnect and run it once more."""
+        self._check_pid()
+        with self._lock:
+            for attempt in (1, 2):
+                ch = self._channel(deadline)
+                try:
+                    return op(ch)
+                except _ERRORS as exc:
+                    logger.warning("amqp queue %s: the channel or connection failed (%r); reconnecting",
+                                   self.name, exc)
+                    self._drop()
+                    if attempt == 2:
+                        raise QueueError(f"amqp queue {self.name!r} on {self.url}: {exc!r}") from exc
+
+    def _service(self) -> None:
+        """Called by the keeper thread: let pika send and answer heartbeats, if nobody else is busy."""
+        if self._pid != os.getpid() or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._conn is not None and self._conn.is_open:
+                self._conn.process_data_events(0)
+        except _ERRORS as exc:
+            logger.debug("amqp queue %s: keepalive found the connection broken: %r", self.name, exc)
+            self._drop()
+        finally:
+            self._lock.release()
+
+    # -- producer side ------------------------------------------------------------------
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        pending, tag = self._pending, method.delivery_tag
+        if method.multiple:
+            while pending and pending[0] <= tag:
+                self._outcome[pending.popleft()] = ok
+        elif pending and pending[0] == tag:
+            self._outcome[pending.popleft()] = ok
+        elif tag in pending:
+            pending.remove(tag)
+            self._outcome[tag] = ok
+
+    def _on_return(self, _channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
+        self._returned.append(body)
+
+    def _publish_batch(self, ch: Any, batch: list[bytes], deadline: float | None) -> list[bool]:
+        """Publish *batch* and wait for the broker's confirms; which ones it accepted."""
+        impl = ch._impl
+        self._outcome, self._returned = {}, []
+        first = self._seq + 1
+        for body in batch:
+            self._seq += 1
+            self._pending.append(self._seq)
+            impl.basic_publish("", self.name, body, _PERSISTENT, mandatory=True)
+        remaining = _CONFIRM_WAIT_BLOCKING if deadline is None else max(_CONFIRM_WAIT, deadline - time.monotonic())
+        with _IoloopTimerContext(remaining, self._conn._impl) as timer:
+            ch._flush_output(lambda: not self._pending, timer.is_ready)
+        if self._pending:
+            logger.warning("amqp queue %s: the broker did not confirm %d publish(es) within %.1fs; "
+                           "they will be sent again", self.name, len(self._pending), remaining)
+            self._pending.clear()
+        accepted = [self._outcome.get(first + i, False) for i in range(len(batch))]
+        if self._returned:  # unroutable: the queue was deleted under us; declare it again, send again
+            logger.warning("amqp queue %s: %d message(s) came back unroutable; declaring the queue again",
+                           self.name, len(self._returned))
+            for body in self._returned:
+                for i, item in enumerate(batch):
+                    if accepted[i] and item == body:
+                        accepted[i] = False
+                        break
+            self._returned = []
+            self._declare(ch)
+        return accepted
+
+    def _publish(self, items: list[bytes], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        pending = items
+        window = min(_PUBLISH_WINDOW, self.maxsize or _PUBLISH_WINDOW)
+        delay = _POLL_MIN
+        while pending:
+            batch = pending[:window]
+            accepted = self._run(lambda ch, batch=batch: self._publish_batch(ch, batch, deadline), deadline)
+            taken = sum(accepted)
+            pending = [item for item, ok in zip(batch, accepted) if not ok] + pending[len(batch):]
+            if taken == len(batch):
+                window = min(window * 2, _PUBLISH_WINDOW)
+                delay = _POLL_MIN
+                continue
+            window = max(1, taken)  # the queue is (nearly) full: probe with less
+            if taken:
+                delay = _POLL_MIN
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueFull(f"queue {self.name!r} is full ({self.maxsize})")
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _put(self, item: bytes, timeout: float | None) -> None:
+        self._publish([item], timeout)
+
+    def put_many(self, msgs: Iterable[Any], timeout: float | None = None) -> None:
+        """Put every message in order, pipelining the publishes and their confirms.
+
+        A queue that fills up part-way may take a later message of the batch before an
+        earlier one that it refused and that is sent again.
+        """
+        self._check_open()
+        self._publish([self._encode(m) for m in msgs], timeout)
+
+    # -- consumer side ------------------------------------------------------------------
+    def _basic_get(self, ch: Any, count: int, auto_ack: bool) -> list[tuple[bytes, Any]]:
+        if not auto_ack:
+            count = min(count, self.prefetch - len(self._unacked))
+            if count <= 0:
+                log = logger.debug if self._capped else logger.warning
+                self._capped = True
+                log("amqp queue %s: %d deliveries are unacknowledged (prefetch=%d); taking no more until "
+                    "some are acked (raise ?prefetch= if a consumer should hold more)",
+                    self.name, len(self._unacked), self.prefetch)
+                return []
+        out: list[tuple[bytes, Any]] = []
+        started = time.monotonic()
+        while len(out) < count:
+            method, _props, body = ch.basic_get(self.name, auto_ack=auto_ack)
+            if method is None:
+                break
+            if auto_ack:
+                out.append((body, None))
+            else:
+                self._unacked.add(method.delivery_tag)
+                out.append((body, (self._generation, method.delivery_tag)))
+            if time.monotonic() - started > _RECEIVE_BUDGET:
+                break
+        return out
+
+    def _fetch(self, count: int, timeout: float | None, auto_ack: bool = False) -> list[tuple[bytes, Any]]:
+        """Take up to *count* messages, polling up to *timeout* for the first."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        delay = _POLL_MIN
+        while True:
+            got = self._run(lambda ch: self._basic_get(ch, count, auto_ack), deadline)
+            if got:
+                return got
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _get(self, timeout: float | None) -> tuple[bytes, Any]:
+        got = self._fetch(1, timeout)
+        if not got:
+            raise QueueEmpty(f"queue {self.name!r} is empty")
+        return got[0]
+
+    def receive_many(self, max_items: int, timeout: float | None = 0) -> list[Delivery]:
+        """Wait up to *timeout* for one message, then take what is there, up to *max_items*."""
+        self._check_open()
+        if max_items <= 0:
+            return []
+        out = []
+        for body, tag in self._fetch(max_items, timeout):
+            try:
+                out.append(Delivery(self._decode(body, tag), tag, self))
+            except SerializationError:
+                pass
+        return out
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Take a message acknowledged on delivery (``auto_ack``); raise QueueEmpty after *timeout*."""
+        self._check_open()
+        got = self._fetch(1, timeout, auto_ack=True)
+        if not got:
+            raise QueueEmpty(f"queue {self.name!r} is empty")
+        return self._decode(got[0][0], None)
+
+    def get_many(self, max_items: int, timeout: float | None = 0) -> list[Any]:
+        self._check_open()
+        if max_items <= 0:
+            return []
+        out = []
+        for body, _tag in self._fetch(max_items, timeout, auto_ack=True):
+            try:
+                out.append(self._decode(body, None))
+            except SerializationError:
+                pass
+        return out
+
+    def _settle(self, tag: tuple[int, int] | None, requeue: bool | None) -> None:
+        """basic.ack (*requeue* None) or basic.nack; a tag from a dead connection is only logged."""
+        if tag is None:
+            return
+        self._check_pid()
+        generation, delivery_tag = tag
+        with self._lock:
+            if generation != self._generation or self._ch is None or not self._ch.is_open:
+                logger.debug("amqp queue %s: delivery %d belongs to a closed connection; the broker "
+                             "redelivers it", self.name, delivery_tag)
+                return
+            self._unacked.discard(delivery_tag)
+            try:
+                if requeue is None:
+                    self._ch.basic_ack(delivery_tag)
+                else:
+                    self._ch.basic_nack(delivery_tag, requeue=requeue)
+            except _ERRORS as exc:
+                logger.debug("amqp queue %s: settling delivery %d failed (%r); the broker redelivers it",
+                             self.name, delivery_tag, exc)
+                self._drop()
+
+    def _ack(self, tag: tuple[int, int] | None) -> None:
+        self._settle(tag, None)
+
+    def _reject(self, tag: tuple[int, int] | None, requeue: bool) -> None:
+        self._settle(tag, requeue)
+
+    # -- state --------------------------------------------------------------------------
+    def _qsize(self) -> int:
+        return self._run(lambda ch: ch.queue_declare(self.name, passive=True).method.message_count,
+                         time.monotonic())
+
+    def _close(self) -> None:
+        self._keeper_stop.set()
+        self._check_pid()
+        with self._lock:
+            self._drop()  # RabbitMQ requeues whatever this connection held unacked
+
+    def __repr__(self) -> str:
+        return f"<AmqpQueue {self.name!r} maxsize={self.maxsize} {self.url}>"

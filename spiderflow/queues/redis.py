@@ -1,0 +1,472 @@
+"""``redis://``: bounded queues on Redis lists, with a reliable hand-off (Redis 6.2 or newer).
+
+Connection string::
+
+    redis://[[user]:password@]host:6379/0[?prefix=spiderflow&visibility_timeout=60]
+
+Queue *name* is the list ``{prefix}:{name}``: producers push at its tail, and a Lua script
+checks the length and pushes in one step, so concurrent producers never take it past
+*maxsize*. ``receive()`` moves a message (``LMOVE``/``BLMOVE``) into this consumer's
+in-flight list ``{prefix}:{name}:inflight:{consumer}``; ``ack()`` removes it from there,
+``reject()`` puts it back at the head of the queue. A consumer keeps the key
+``{prefix}:{name}:consumer:{consumer}`` alive (TTL *visibility_timeout*, refreshed by a
+light thread and on every receive); when a consumer dies its key expires, and the next
+receive on that queue by any consumer moves the dead consumer's in-flight messages back to
+the head of the queue, in one script, so they come back exactly once. ``close()`` hands back
+what this consumer still holds. ``get()`` is at-most-once (a plain pop, nothing in flight).
+
+Messages put back (reject, recovery, close) may take the queue past *maxsize* for a while:
+backpressure never drops a message. Delivery is at-least-once: a command retried after a
+lost reply may push a message twice, and messages a receive moved but never saw (its reply
+was lost) are found and handed back by the next receive. The in-flight keys live outside KEYS in the scripts,
+so Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ..exceptions import ConfigError, QueueEmpty, QueueError, QueueFull, SerializationError, redact_url
+from .base import BaseQueue, Delivery
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "spiderflow"
+DEFAULT_VISIBILITY_TIMEOUT = 60.0   # seconds a silent consumer keeps its in-flight messages
+_RECLAIM_EVERY = 5.0                # look for dead consumers at most this often (seconds)
+_BLOCK_SLICE = 5.0                  # longest single BLMOVE/BLPOP, so waits still reclaim
+_PUSH_CHUNK = 1000                  # messages per put script call
+_POLL_MIN, _POLL_MAX = 0.002, 0.05  # backoff while waiting for room
+_MIN_VERSION = (6, 2)               # LMOVE, BLMOVE, LPOP count
+
+# KEYS: queue; ARGV: maxsize, item... -> how many were pushed (a prefix of the items)
+_PUSH = """
+local room = #ARGV - 1
+local maxsize = tonumber(ARGV[1])
+if maxsize > 0 then
+  room = math.min(room, maxsize - redis.call('LLEN', KEYS[1]))
+end
+if room <= 0 then return 0 end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 2, room + 1))
+return room
+"""
+
+# KEYS: queue, inflight, heartbeat, consumers; ARGV: count, ttl_ms, consumer id
+_TAKE = """
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[3])
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not item then break end
+  out[#out + 1] = item
+end
+return out
+"""
+
+# KEYS: inflight, queue; ARGV: item, requeue ('1'/'0') -> 1 if the item was still in flight
+_SETTLE = """
+local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if n == 1 and ARGV[2] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) end
+return n
+"""
+
+# KEYS: queue, consumers; ARGV: inflight key prefix, heartbeat key prefix, only this consumer ('' = every dead one)
+# Moves the in-flight messages of consumers whose heartbeat expired back to the queue head,
+# oldest first in line. Returns {consumer, count, ...}.
+_RECLAIM = """
+local out = {}
+local ids = redis.call('SMEMBERS', KEYS[2])
+if ARGV[3] ~= '' then ids = {ARGV[3]} end
+for _, cid in ipairs(ids) do
+  if ARGV[3] ~= '' or redis.call('EXISTS', ARGV[2] .. cid) == 0 then
+    local inflight = ARGV[1] .. cid
+    local n = 0
+    while redis.call('LMOVE', inflight, KEYS[1], 'RIGHT', 'LEFT') do n = n + 1 end
+    redis.call('SREM', KEYS[2], cid)
+    redis.call('DEL', ARGV[2] .. cid)
+    if n > 0 then out[#out + 1] = cid; out[#out + 1] = n end
+  end
+end
+return out
+"""
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    """Connection keywords and queue options from *url*; ConfigError names what is wrong."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise ConfigError(f"bad redis queue URL {shown!r}: {exc}") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"not a redis URL: {shown!r}")
+    if parts.fragment:
+        raise ConfigError(f"unexpected '#{parts.fragment}' in redis queue URL {shown!r}")
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"the path of redis queue URL {shown!r} must be a database number, not {db!r}")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - {"prefix", "visibility_timeout"})
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} in redis queue URL {shown!r}; "
+                          "known: prefix, visibility_timeout")
+    prefix = query.get("prefix", DEFAULT_PREFIX)
+    if not prefix or any(c.isspace() for c in prefix):
+        raise ConfigError(f"prefix in redis queue URL {shown!r} must be a non-empty word")
+    try:
+        visibility = float(query.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
+    except ValueError:
+        visibility = -1.0
+    if not visibility > 0:
+        raise ConfigError(f"visibility_timeout in redis queue URL {shown!r} must be a positive number of seconds")
+    return {
+        "connection": {
+            "host": parts.hostname or "127.0.0.1", "port": port, "db": int(db),
+            "username": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None,
+            "ssl": parts.scheme == "rediss",
+        },
+        "prefix": prefix,
+        "visibility_timeout": visibility,
+    }
+
+
+def _consumer_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _keep_alive(ref: weakref.ref, stop: threading.Event, client: redis.Redis, keys: tuple[str, str],
+                consumer: str, ttl_ms: int, interval: float) -> None:
+    """Refresh a consumer's heartbeat until *stop*, or until its queue is garbage."""
+    heartbeat, consumers = keys
+    while not stop.wait(interval):
+        if ref() is None:
+            return
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.set(heartbeat, "1", px=ttl_ms).sadd(consumers, consumer).execute()
+        except Exception as exc:  # keep beating: a dead heartbeat hands our messages to others
+            logger.warning("redis heartbeat of consumer %s failed: %s", consumer, exc)
+
+
+class _Consumer:
+    """This process's identity as a consumer of one queue (made on the first receive)."""
+
+    def __init__(self, queue: RedisQueue):
+        self.id = _consumer_id()
+        self.inflight = f"{queue.key}:inflight:{self.id}"
+        self.heartbeat = f"{queue.key}:consumer:{self.id}"
+        self.outstanding: collections.Counter[bytes] = collections.Counter()  # received, not yet settled
+        self.stop = threading.Event()
+        ttl_ms = int(queue.visibility_timeout * 1000)
+        with queue._client.pipeline(transaction=False) as pipe:
+            pipe.set(self.heartbeat, "1", px=ttl_ms).sadd(queue._consumers, self.id).execute()
+        self.thread = threading.Thread(
+            target=_keep_alive, name=f"spiderflow-redis-heartbeat-{queue.name}", daemon=True,
+            args=(weakref.ref(queue), self.stop, queue._client, (self.heartbeat, queue._consumers),
+                  self.id, ttl_ms, queue.visibility_timeout / 3))
+        self.thread.start()
+
+
+class RedisQueue(BaseQueue):
+    """A bounded queue on a Redis list; see the module docstring for the keys and the hand-off."""
+
+    scheme = "redis"
+    reliable = True
+
+    def __init__(self, name: str, maxsize: int = 0, url: str = DEFAULT_URL, *,
+                 prefix: str | None = None, visibility_timeout: float | None = None):
+        super().__init__(name, maxsize)
+        options = _parse_url(url)
+        self.url = redact_url(url)
+        self.prefix = prefix or options["prefix"]
+        self.visibility_timeout = float(visibility_timeout or options["visibility_timeout"])
+        self.key = f"{self.prefix}:{name}"
+        self._consumers = f"{self.key}:consumers"
+        self._reclaim_every = min(_RECLAIM_EVERY, self.visibility_timeout / 2)
+        self._next_reclaim = 0.0
+        self._client = redis.Redis(
+            **options["connection"], socket_connect_timeout=5, socket_timeout=_BLOCK_SLICE + 10,
+            health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1))
+        self._push_script = self._client.register_script(_PUSH)
+        self._take_script = self._client.register_script(_TAKE)
+        self._settle_script = self._client.register_script(_SETTLE)
+        self._reclaim_script = self._client.register_script(_RECLAIM)
+        self._pid = os.getpid()
+        self._state_lock = threading.Lock()     # consumer state and its outstanding counter
+        self._receive_lock = threading.Lock()   # one receive at a time moves into our in-flight list
+        self._consumer: _Consumer | None = None
+        self._lost_replies = False               # a receive failed mid-call: our list may hold orphans
+        self._check_server()
+
+    # -- plumbing -----------------------------------------------------------------------
+    @contextmanager
+    def _errors(self, receiving: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except redis.AuthenticationError as exc:
+            raise ConfigError(f"redis at {self.url} refused the credentials: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if receiving:
+                self._lost_replies = True
+            raise QueueError(f"redis queue {self.name!r}: cannot reach {self.url}: {exc}") from exc
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise ConfigError(f"redis at {self.url} needs a password: {exc}") from exc
+            raise QueueError(f"redis queue {self.name!r} at {self.url}: {exc}") from exc
+
+    def _check_server(self) -> None:
+        with self._errors():
+            try:
+                info = self._client.info("server")
+            except redis.ResponseError as exc:  # an ACL user without INFO: trust the server
+                if "NOPERM" not in str(exc):
+                    raise
+                self._client.ping()
+                return
+        version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2] if p.isdigit())
+        if version < _MIN_VERSION:
+            raise ConfigError(f"the redis queue needs Redis {'.'.join(map(str, _MIN_VERSION))} or newer; "
+                              f"{self.url} runs {info.get('redis_version')}")
+
+    def _check_pid(self) -> None:
+        """After a fork the child is a new consumer (redis-py renews the connections itself)."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._state_lock = threading.Lock()
+            self._receive_lock = threading.Lock()
+            self._consumer = None
+            self._lost_replies = False
+
+    def _consumer_here(self) -> _Consumer:
+        with self._state_lock:
+            if self._consumer is None:
+                self._consumer = _Consumer(self)
+            return self._consumer
+
+    def _ttl_ms(self) -> int:
+        return int(self.visibility_timeout * 1000)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else time.monotonic() + max(0.0, timeout)
+
+    # -- producer side ------------------------------------------------------------------
+    def _push(self, items: list[bytes], timeout: float | None) -> None:
+        deadline = self._deadline(timeout)
+        delay = _POLL_MIN
+        done = 0
+        while done < len(items):
+            chunk = items[done:done + _PUSH_CHUNK]
+            with self._errors():
+                pushed = int(self._push_script(keys=[self.key], args=[self.maxsize, *chunk]))
+            done += pushed
+            if pushed:
+                delay = _POLL_MIN
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueFull(f"queue {self.name!r} is full ({self.maxsize})")
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _put(self, item: bytes, timeout: float | None) -> None:
+        self._push([item], timeout)
+
+    def put_many(self, msgs: Iterable[Any], timeout: float | None = None) -> None:
+        """Put every message in order, up to a thousand per round trip."""
+        self._check_open()
+        self._push([self._encode(m) for m in msgs], timeout)
+
+    # -- consumer side ------------------------------------------------------------------
+    def _maybe_reclaim(self, receiving: bool = False) -> None:
+        """Hand back the in-flight messages of dead consumers (at most every few seconds).
+
+        *receiving*: called under the receive lock, so our own orphans may be swept too.
+        """
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return
+        self._next_reclaim = now + self._reclaim_every
+        found = self._reclaim_script(keys=[self.key, self._consumers],
+                                     args=[f"{self.key}:inflight:", f"{self.key}:consumer:", ""])
+        for cid, count in zip(found[::2], found[1::2]):
+            logger.warning("queue %s: consumer %s stopped answering; %d message(s) it held are back in the queue",
+                           self.name, cid.decode(errors="replace"), int(count))
+        if receiving and self._lost_replies and self._consumer is not None:
+            self._sweep_orphans(self._consumer)
+
+    def _sweep_orphans(self, consumer: _Consumer) -> None:
+        """After a lost reply, hand back in-flight messages that no Delivery of ours holds."""
+        self._lost_replies = False
+        held = collections.Counter(self._client.lrange(consumer.inflight, 0, -1))
+        with self._state_lock:
+            orphans = held - consumer.outstanding
+        for item, count in orphans.items():
+            for _ in range(count):
+                self._settle_script(keys=[consumer.inflight, self.key], args=[item, "1"])
+        if orphans:
+            logger.warning("queue %s: handed back %d message(s) whose receive lost its reply",
+                           self.name, sum(orphans.values()))
+
+    def _take(self, consumer: _Consumer, count: int) -> list[bytes]:
+        return self._take_script(keys=[self.key, consumer.inflight, consumer.heartbeat, self._consumers],
+                                 args=[count, self._ttl_ms(), consumer.id])
+
+    def _held(self, consumer: _Consumer, items: list[bytes]) -> list[bytes]:
+        with self._state_lock:
+            consumer.outstanding.update(items)
+        return items
+
+    def _move(self, count: int, timeout: float | None) -> list[bytes]:
+        """Move up to *count* messages into our in-flight list, waiting up to *timeout* for the first."""
+        self._check_pid()
+        with self._receive_lock, self._errors(receiving=True):
+            consumer = self._consumer_here()
+            self._maybe_reclaim(receiving=True)
+            items = self._take(consumer, count)
+            if items or (timeout is not None and timeout <= 0):
+                return self._held(consumer, items)
+            deadline = self._deadline(timeout)
+            while True:
+                wait = _BLOCK_SLICE if deadline is None else min(_BLOCK_SLICE, deadline - time.monotonic())
+                if wait < 0.01:  # BLMOVE 0 would block for ever: one last look instead
+                    return self._held(consumer, self._take(consumer, count))
+                item = self._client.blmove(self.key, consumer.inflight, wait, "LEFT", "RIGHT")
+                if item is not None:
+                    more = self._take(consumer, count - 1) if count > 1 else []
+                    return self._held(consumer, [item, *more])
+                self._maybe_reclaim(receiving=True)
+
+    def _get(self, timeout: float | None) -> tuple[bytes, bytes]:
+        items = self._move(1, timeout)
+        if not items:
+            raise QueueEmpty(f"queue {self.name!r} is empty")
+        return items[0], items[0]
+
+    def receive_many(self, max_items: int, timeout: float | None = 0) -> list[Delivery]:
+        """Wait up to *timeout* for one message, then take up to *max_items* in the same round trip."""
+        self._check_open()
+        if max_items <= 0:
+            return []
+        out = []
+        for item in self._move(max_items, timeout):
+            try:
+                out.append(Delivery(self._decode(item, item), item, self))
+            except SerializationError:
+                pass
+        return out
+
+    def _pop(self, count: int, timeout: float | None) -> list[bytes]:
+        """At-most-once: pop up to *count* messages, waiting up to *timeout* for the first."""
+        self._check_pid()
+        with self._errors():
+            self._maybe_reclaim()
+            items = self._client.lpop(self.key, count) or []
+            if items or (timeout is not None and timeout <= 0):
+                return items
+            deadline = self._deadline(timeout)
+            while True:
+                wait = _BLOCK_SLICE if deadline is None else min(_BLOCK_SLICE, deadline - time.monotonic())
+                if wait < 0.01:
+                    return self._client.lpop(self.key, count) or []
+                popped = self._client.blpop([self.key], wait)
+                if popped is not None:
+                    more = (self._client.lpop(self.key, count - 1) or []) if count > 1 else []
+                    return [popped[1], *more]
+                self._maybe_reclaim()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Pop a message (nothing stays in flight); raise QueueEmpty after *timeout* seconds."""
+        self._check_open()
+        items = self._pop(1, timeout)
+        if not items:
+            raise QueueEmpty(f"queue {self.name!r} is empty")
+        return self._decode(items[0], None)
+
+    def get_many(self, max_items: int, timeout: float | None = 0) -> list[Any]:
+        """Pop up to *max_items* messages in one round trip (after waiting up to *timeout* for one)."""
+        self._check_open()
+        if max_items <= 0:
+            return []
+        out = []
+        for item in self._pop(max_items, timeout):
+            try:
+                out.append(self._decode(item, None))
+            except SerializationError:
+                pass
+        return out
+
+    def _settle(self, tag: bytes | None, requeue: bool | None) -> None:
+        """Ack (*requeue* None) or reject a delivery; errors are logged, never raised."""
+        if tag is None:
+            return
+        consumer = self._consumer if self._pid == os.getpid() else None
+        if consumer is None or self.closed:
+            logger.debug("queue %s: settling a delivery after close (it was handed back)", self.name)
+            return
+        try:
+            if requeue is None:
+                found = self._client.lrem(consumer.inflight, 1, tag)
+            else:
+                found = self._settle_script(keys=[consumer.inflight, self.key], args=[tag, "1" if requeue else "0"])
+        except redis.RedisError as exc:
+            logger.warning("queue %s: could not settle a delivery (%s); it stays in flight and comes "
+                           "back when this consumer closes or dies", self.name, exc)
+            return
+        with self._state_lock:
+            consumer.outstanding[tag] -= 1
+            if consumer.outstanding[tag] <= 0:
+                del consumer.outstanding[tag]
+        if not found:
+            logger.warning("queue %s: a delivery was no longer in flight when settled: it was handed back "
+                           "after visibility_timeout=%ss and will be delivered again", self.name,
+                           self.visibility_timeout)
+
+    def _ack(self, tag: bytes | None) -> None:
+        self._settle(tag, None)
+
+    def _reject(self, tag: bytes | None, requeue: bool) -> None:
+        self._settle(tag, requeue)
+
+    # -- state ------------------------------------------------------------------------------
+    def _qsize(self) -> int:
+        with self._errors():
+            return int(self._client.llen(self.key))
+
+    def _close(self) -> None:
+        consumer = self._consumer if self._pid == os.getpid() else None
+        self._consumer = None
+        try:
+            if consumer is not None:
+                consumer.stop.set()
+                consumer.thread.join(1.0)  # so it does not renew the heartbeat after we remove it
+                back = self._reclaim_script(keys=[self.key, self._consumers],
+                                            args=[f"{self.key}:inflight:", f"{self.key}:consumer:", consumer.id])
+                if back:
+                    logger.info("queue %s: handed back %d unacknowledged message(s) on close", self.name, int(back[1]))
+        except redis.RedisError as exc:
+            logger.warning("queue %s: could not hand back in-flight messages on close (%s); another consumer "
+                           "recovers them after %ss", self.name, exc, self.visibility_timeout)
+        finally:  # connections busy in other threads finish their command and are dropped later
+            self._client.connection_pool.disconnect(inuse_connections=False)
+
+    def __repr__(self) -> str:
+        return f"<RedisQueue {self.name!r} maxsize={self.maxsize} {self.url}>"
