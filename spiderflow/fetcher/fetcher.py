@@ -139,24 +139,33 @@ class Fetcher:
         logger.info("fetcher started (%s client, poolsize %d%s)",
                     "curl" if self.use_curl else "simple", poolsize, ", burst" if burst else "")
         try:
+            outage = False
             while not self._stops:
                 free = poolsize - self._in_flight
                 deliveries: list[Delivery] = []
-                if free > 0 and not outqueue.full():
-                    try:
+                try:
+                    if free > 0 and not outqueue.full():
                         deliveries = inqueue.receive_many(free, 0)
-                    except QueueClosed:
-                        reason = "inqueue closed"
-                        break
-                    except Exception:
-                        logger.exception("fetcher: receiving from %s failed", inqueue.name)
+                    drained = burst and not deliveries and not self._in_flight and inqueue.empty()
+                    if outage:
+                        logger.warning("fetcher: the queues answer again")
+                        outage = False
+                except QueueClosed:
+                    reason = "queue closed"
+                    break
+                except Exception as exc:  # a broker outage is temporary: wait and go on
+                    if not outage:
+                        logger.error("fetcher: queue backend unavailable (%s); retrying", exc)
+                        outage = True
+                    drained = False
+                    delay = _POLL_MAX
                 for delivery in deliveries:
                     self._start(delivery, transport)
                 if deliveries:
                     delay = _POLL_MIN
                     await asyncio.sleep(0)
                     continue
-                if burst and not self._in_flight and inqueue.empty():
+                if drained:
                     reason = "burst done: inqueue empty"
                     break
                 await self._idle(delay)
@@ -221,14 +230,14 @@ class Fetcher:
                 await self.outqueue.aput(item)  # backpressure: this slot stays busy meanwhile
             delivery.ack()
         except asyncio.CancelledError:
-            _hand_back(delivery)
+            delivery.hand_back()
             raise
         except QueueClosed:
             logger.warning("fetcher: %s is closed; handing a task back", self.outqueue.name)
-            _hand_back(delivery)
+            delivery.hand_back()
         except Exception:
             logger.exception("fetcher: handling a task failed")
-            _hand_back(delivery)
+            delivery.hand_back()
 
     async def _idle(self, delay: float) -> None:
         """Sleep up to *delay*, or until a fetch finishes or stop() is called."""
@@ -288,16 +297,6 @@ class Fetcher:
         if result.error is not None:
             logger.debug("fetch %s: %d %s", url, result.status_code, result.error)
         return result
-
-
-def _hand_back(delivery: Delivery) -> None:
-    """Reject *delivery* for redelivery; on backends that cannot, the scheduler's lease re-sends it."""
-    try:
-        delivery.reject(requeue=True)
-    except NotImplementedError:
-        pass
-    except Exception:
-        logger.debug("fetcher: rejecting a delivery failed", exc_info=True)
 
 
 __all__ = ["Fetcher"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import QueueClosed, QueueEmpty, SerializationError
+from ..exceptions import QueueClosed, QueueEmpty, QueueError, SerializationError
 from ..message import FetchResult, ResultPack, StatusPack, Task, Track
 from ..settings import Settings
 from .project import Project, ProjectManager, TaskRun
@@ -198,15 +198,24 @@ class Processor:
             except QueueClosed:
                 reason = "inqueue closed"
                 break
+            except QueueError as exc:  # a broker outage is temporary: wait and go on
+                logger.error("processor: receiving failed (%s); retrying", exc)
+                self._stop.wait(self.poll_interval)
+                continue
             try:
                 self._handle_message(delivery.message)
             except QueueClosed:
+                delivery.hand_back()
                 reason = "an output queue is closed"
                 break
+            except QueueError as exc:
+                logger.error("processor: an output queue failed (%s); handing the task back", exc)
+                delivery.hand_back()
+                self._stop.wait(self.poll_interval)
+                continue
             except Exception:
                 logger.exception("processor: failed to handle a message; going on")
-            finally:
-                delivery.ack()
+            delivery.ack()
         logger.info("processor exiting: %s (%d tasks, %d failed)", reason, self.processed, self.failed)
 
     def _handle_message(self, message: Any) -> None:

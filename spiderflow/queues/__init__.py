@@ -27,6 +27,7 @@ BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("spiderflow.queues.memory", "MemoryQueue", None),
     "multiprocessing": ("spiderflow.queues.multiprocessing", "MultiprocessingQueue", None),
     "redis": ("spiderflow.queues.redis", "RedisQueue", "redis"),
+    "rediss": ("spiderflow.queues.redis", "RedisQueue", "redis"),
     "amqp": ("spiderflow.queues.amqp", "AmqpQueue", "amqp"),
 }
 

@@ -55,6 +55,16 @@ class Delivery:
             self._settled = True
             self._queue._reject(self.tag, requeue)
 
+    def hand_back(self) -> None:
+        """Return an unhandled message to its queue where the backend can (redis, amqp);
+        elsewhere let it go: the scheduler's lease re-sends the task."""
+        try:
+            self.reject(requeue=True)
+        except NotImplementedError:
+            pass
+        except Exception:
+            logger.debug("queue %s: handing a message back failed", self._queue.name, exc_info=True)
+
     def __repr__(self) -> str:
         return f"<Delivery {type(self.message).__name__} tag={self.tag!r}>"
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, TextIO
 
-from ..exceptions import ConfigError, QueueClosed, QueueEmpty, SerializationError
+from ..exceptions import ConfigError, QueueClosed, QueueEmpty, QueueError, SerializationError
 from ..message import ResultPack
 from ..settings import Settings
 
@@ -105,6 +105,10 @@ class ResultWorker:
             except QueueClosed:
                 reason = "inqueue closed"
                 break
+            except QueueError as exc:  # a broker outage is temporary: wait and go on
+                logger.error("result worker: receiving failed (%s); retrying", exc)
+                self._stop.wait(self.poll_interval)
+                continue
             if not deliveries:
                 if burst:
                     reason = "inqueue drained"
