@@ -1,0 +1,221 @@
+"""The request handlers' base classes: authentication, xsrf, security headers, errors.
+
+:class:`PageHandler` renders templates (errors as an HTML page, a login redirect when
+credentials are needed); :class:`ApiHandler` speaks JSON (errors as ``{"error": message}``
+with the status code, 401 when credentials are needed). Both find the web UI's components
+in ``self.state`` (a :class:`~spiderflow.webui.app.WebUIState`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+import tornado.escape
+import tornado.web
+
+from ..exceptions import InvalidProjectName
+from ..message import validate_project_name
+from ..settings import is_loopback
+from .helpers import error_message, fail, fmt_time, json_script, path_escape, pretty_json, safe_href
+from .projects import is_locked
+
+if TYPE_CHECKING:
+    from .app import WebUIState
+    from .auth import Auth
+
+logger = logging.getLogger(__name__)
+
+#: Our pages load scripts and styles only from /static; a debugged page shown in the
+#: sandboxed iframe inherits this policy, so it may show remote images and styles but never run a script.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline' http: https:; "
+            "img-src 'self' data: http: https:; font-src 'self' data: http: https:; connect-src 'self'; "
+            "object-src 'none'; frame-ancestors 'self'; form-action 'self'")
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+SESSION_COOKIE = "spiderflow_session"
+SESSION_DAYS = 7
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    #: True: usable without logging in (the login page itself)
+    public = False
+    _bearer = False
+
+    @property
+    def state(self) -> WebUIState:
+        return self.application.settings["spiderflow"]
+
+    @property
+    def auth(self) -> Auth:
+        return self.state.auth
+
+    # -- who is asking ---------------------------------------------------------------------
+    def get_current_user(self) -> str | None:
+        """The logged-in user, or None (always None when no credentials are configured)."""
+        auth = self.auth
+        if not auth.enabled:
+            return None
+        header = self.request.headers.get("Authorization", "")
+        if header:
+            if auth.bearer(header):
+                self._bearer = True
+                return "token"
+            user = auth.basic(header)
+            if user:
+                return user
+        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
+        return value.decode("utf-8", "replace") if value else None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.current_user is not None
+
+    def check_xsrf_cookie(self) -> None:
+        """A valid bearer token stands in for the xsrf token; everything else needs it."""
+        if self.auth.enabled and self.current_user and getattr(self, "_bearer", False):
+            return
+        super().check_xsrf_cookie()
+
+    def prepare(self) -> None:
+        if not self.auth.enabled:
+            # Without credentials only loopback can reach us; a page of another site whose
+            # name was made to resolve to 127.0.0.1 (DNS rebinding) still sends its own name.
+            host = self.request.host_name.strip("[]")
+            if not is_loopback(host):
+                raise fail(403, f"this web UI has no credentials and answers only to a loopback host name "
+                                f"(localhost, 127.0.0.1), not {host!r}")
+        elif not self.public and not self.current_user:
+            self.deny()
+
+    def deny(self) -> None:
+        raise tornado.web.HTTPError(401, "log in first")
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
+
+    # -- projects ----------------------------------------------------------------------------
+    def project_name(self, name: str) -> str:
+        try:
+            return validate_project_name(name)
+        except InvalidProjectName as exc:
+            raise fail(400, str(exc)) from None
+
+    def get_project(self, name: str, fields: list[str] | None = None) -> dict[str, Any]:
+        """The project row of a valid *name*, or 404."""
+        row = self.state.projectdb.get(self.project_name(name), fields)
+        if row is None:
+            raise fail(404, f"no project named {name!r}")
+        return row
+
+    def can_edit(self, row: dict[str, Any]) -> bool:
+        return not is_locked(row) or self.authenticated
+
+    def require_editable(self, row: dict[str, Any]) -> None:
+        if not self.can_edit(row):
+            how = ("log in to change it" if self.auth.enabled else
+                   "locked projects are read-only while the web UI has no credentials "
+                   "(--username/--password or --token)")
+            raise fail(403, f"project {row['name']!r} is locked (group 'lock'); {how}")
+
+    def int_arg(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw in (None, ""):
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise fail(400, f"{name} must be an integer, not {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            limit = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise fail(400, f"{name} must be {limit}, not {value}")
+        return value
+
+    def str_arg(self, name: str) -> str | None:
+        return self.get_query_argument(name, None) or None
+
+
+class PageHandler(BaseHandler):
+    """An HTML page."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+
+    def deny(self) -> None:
+        if self.request.method in ("GET", "HEAD"):
+            self.redirect(self.get_login_url() + "?" + urllib.parse.urlencode({"next": self.request.uri}))
+            raise tornado.web.Finish()
+        raise tornado.web.HTTPError(401, "log in first")
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        ns = super().get_template_namespace()
+        ns.update(user=self.current_user, auth_enabled=self.auth.enabled, safe_href=safe_href, path_escape=path_escape,
+                  fmt_time=fmt_time, pretty_json=pretty_json, json_script=json_script,
+                  scheduler=getattr(self, "scheduler_status", None), xsrf_token=self.xsrf_token.decode())
+        return ns
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = error_message(status_code, kwargs.get("exc_info"), self._reason)
+        try:
+            self.render("error.html", status_code=status_code, message=message)
+        except Exception:  # the error page must not fail
+            logger.exception("cannot render the error page")
+            self.finish(tornado.escape.xhtml_escape(f"{status_code}: {message}"))
+
+
+class ApiHandler(BaseHandler):
+    """A JSON endpoint under /api/."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", API_CSP)
+
+    def deny(self) -> None:
+        raise tornado.web.HTTPError(401, "authentication required: log in, or send basic auth or a bearer token")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401 and self.request.headers.get("X-Requested-With") != "spiderflow":
+            # not our own pages' fetch(): let curl and browsers offer basic auth
+            self.set_header("WWW-Authenticate", 'Basic realm="spiderflow"')
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": error_message(status_code, kwargs.get("exc_info"), self._reason)}))
+
+    def reply(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(value, ensure_ascii=False, default=str))
+
+    def body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError as exc:
+            raise fail(400, f"the request body is not JSON: {exc}") from None
+
+    def body_object(self) -> dict[str, Any]:
+        body = self.body()
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise fail(400, "send a JSON object")
+        return body
+
+
+class NotFoundHandler(PageHandler):
+    public = True
+
+    def prepare(self) -> None:
+        raise fail(404, f"no such page: {self.request.path}")
+
+
+class ApiNotFoundHandler(ApiHandler):
+    public = True
+
+    def prepare(self) -> None:
+        raise fail(404, f"no such endpoint: {self.request.path}")
