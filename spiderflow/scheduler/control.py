@@ -10,6 +10,7 @@ token; with a token every request needs ``Authorization: Bearer <token>``.
 ``GET /api/active_tasks``   ``?project=&limit=``                            ``{"tasks": [...]}``
 ``GET /api/paused``         ``?project=``                                   ``{"paused": ...}``
 ``GET /api/projects``       per-project state                               ``{"projects": [...]}``
+``GET /api/nodes``          online nodes (``?all=1``: offline ones too)     ``{"nodes": [...]}``
 ``POST /api/newtask``       a task dict or a list of them                   ``{"accepted": n}``
 ``POST /api/send_task``     a task dict: dispatch now                       ``{"sent": bool}``
 ``POST /api/update_project``  re-read projectdb                             ``{"ok": true}``
@@ -18,7 +19,7 @@ token; with a token every request needs ``Authorization: Bearer <token>``.
 ==========================  ==============================================  ====================
 
 Errors are ``{"error": "..."}`` with status 400 (bad input), 401 (token), 404 (unknown
-project or path) or 405.
+project or path), 405, or 503 (the node registry's database failed).
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ import logging
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
-from ..exceptions import ConfigError, ControlError, SerializationError
+from ..exceptions import ConfigError, ControlError, SerializationError, StorageError
 from ..message import Task
 from ..settings import is_loopback
 
@@ -150,6 +153,22 @@ class ProjectsHandler(_Handler):
         self.reply({"projects": self.scheduler.projects_info()})
 
 
+class NodesHandler(_Handler):
+    """The node registry (``spiderflow nodes``), read off the loop; ``[]`` when none was given."""
+
+    async def get(self) -> None:
+        source = self.application.settings.get("nodes")
+        include_offline = (self.get_query_argument("all", "") or "0").lower() not in ("0", "false", "no")
+        if source is None:
+            self.reply({"nodes": []})
+            return
+        try:
+            nodes = await tornado.ioloop.IOLoop.current().run_in_executor(None, source, include_offline)
+        except StorageError as exc:
+            raise tornado.web.HTTPError(503, "%s", exc) from None
+        self.reply({"nodes": nodes})
+
+
 class NewTaskHandler(_Handler):
     def post(self) -> None:
         body = self.body()
@@ -202,8 +221,13 @@ class NotFoundHandler(_Handler):
         raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)
 
 
-def make_control_app(scheduler: Any, token: str | None = None) -> tornado.web.Application:
-    """The control interface of *scheduler* as a tornado Application."""
+def make_control_app(scheduler: Any, token: str | None = None,
+                     nodes: Callable[[bool], list[dict[str, Any]]] | None = None) -> tornado.web.Application:
+    """The control interface of *scheduler* as a tornado Application.
+
+    *nodes* answers ``GET /api/nodes``: ``nodes(include_offline)`` returns the registry's
+    nodes (:func:`spiderflow.run.node_lister`); it is called in a thread, off the loop.
+    """
     return tornado.web.Application(
         [
             (r"/api/size", SizeHandler),
@@ -211,6 +235,7 @@ def make_control_app(scheduler: Any, token: str | None = None) -> tornado.web.Ap
             (r"/api/active_tasks", ActiveTasksHandler),
             (r"/api/paused", PausedHandler),
             (r"/api/projects", ProjectsHandler),
+            (r"/api/nodes", NodesHandler),
             (r"/api/newtask", NewTaskHandler),
             (r"/api/send_task", SendTaskHandler),
             (r"/api/update_project", UpdateProjectHandler),
@@ -220,11 +245,13 @@ def make_control_app(scheduler: Any, token: str | None = None) -> tornado.web.Ap
         default_handler_class=NotFoundHandler,
         scheduler=scheduler,
         control_token=token or None,
+        nodes=nodes,
     )
 
 
 def serve_control(scheduler: Any, host: str | None = None, port: int | None = None,
-                  token: str | None = None) -> tuple[tornado.httpserver.HTTPServer, int]:
+                  token: str | None = None, nodes: Callable[[bool], list[dict[str, Any]]] | None = None,
+                  ) -> tuple[tornado.httpserver.HTTPServer, int]:
     """Serve the control interface (call from within the running event loop).
 
     *host*/*port*/*token* default to the scheduler's settings. Returns ``(server, port)``;
@@ -238,7 +265,7 @@ def serve_control(scheduler: Any, host: str | None = None, port: int | None = No
         raise ConfigError(f"the scheduler control interface on {host!r} needs a token "
                           "(--scheduler-token / SPIDERFLOW_SCHEDULER_TOKEN) when not bound to 127.0.0.1")
     sockets = tornado.netutil.bind_sockets(port, host)
-    server = tornado.httpserver.HTTPServer(make_control_app(scheduler, token), max_body_size=MAX_BODY)
+    server = tornado.httpserver.HTTPServer(make_control_app(scheduler, token, nodes), max_body_size=MAX_BODY)
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()[1]
     logger.info("scheduler control interface on http://%s:%d/api/", host, bound)
@@ -304,6 +331,10 @@ class ControlClient:
 
     def projects(self) -> list[dict[str, Any]]:
         return self._call("GET", "projects")["projects"]
+
+    def nodes(self, include_offline: bool = False) -> list[dict[str, Any]]:
+        """The registered nodes (``spiderflow nodes``): online ones, or every one kept."""
+        return self._call("GET", "nodes", {"all": 1 if include_offline else None})["nodes"]
 
     def newtask(self, task: Any) -> int:
         return self._call("POST", "newtask", body=self._task(task))["accepted"]

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from ..exceptions import ConfigError, UnknownSchemeError, redact_url
 from .engine import cached_engine, dispose_engines, new_engine, release_engine
+from .nodedb import NodeDB
 from .projectdb import ProjectDB
 from .resultdb import ResultDB
 from .taskdb import TaskDB
@@ -89,7 +90,12 @@ def connect_resultdb(url: str) -> ResultDB:
     return _connect(ResultDB, url)
 
 
+def connect_nodedb(url: str) -> NodeDB:
+    """The node registry; it lives in the projectdb database (``settings.db_url("projectdb")``)."""
+    return _connect(NodeDB, url)
+
+
 __all__ = [
-    "DIALECTS", "Dialect", "ProjectDB", "ResultDB", "TaskDB", "connect_projectdb",
+    "DIALECTS", "Dialect", "NodeDB", "ProjectDB", "ResultDB", "TaskDB", "connect_nodedb", "connect_projectdb",
     "connect_resultdb", "connect_taskdb", "create_engine", "dispose_engines", "resolve_url",
 ]
