@@ -1,8 +1,9 @@
 """Every message that crosses a queue: Task, FetchResult, StatusPack, ResultPack.
 
 Messages are dataclasses with ``to_dict()`` / ``from_dict()``; ``pack()`` and ``unpack()``
-turn them into msgpack bytes with a type tag and a schema version. This is the only module
-that imports msgpack. ``from_dict`` checks field types, so a foreign or corrupt payload
+turn them into msgpack bytes with a type tag and a schema version (a packed message leaves
+out the fields that hold their default, which ``from_dict`` fills back in). This is the only
+module that imports msgpack. ``from_dict`` checks field types, so a foreign or corrupt payload
 raises :class:`~spiderflow.exceptions.SerializationError` instead of travelling on.
 
 A fetcher→processor message is the tuple ``(Task, FetchResult)``; ``pack`` accepts a tuple
@@ -11,8 +12,10 @@ of messages and ``unpack`` gives the tuple back.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from .exceptions import InvalidProjectName, SerializationError
 SCHEMA_VERSION = 1
 
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+_VALID_NAMES: set[str] = set()   # names that passed validate_project_name (bounded)
 
 
 class TaskStatus(str, enum.Enum):
@@ -55,11 +59,17 @@ class ProjectStatus(str, enum.Enum):
 
 def validate_project_name(name: object) -> str:
     """Return *name* if it is a valid project name, else raise InvalidProjectName."""
+    if type(name) is str and name in _VALID_NAMES:
+        return name
     if not isinstance(name, str) or not _PROJECT_NAME.fullmatch(name):
         raise InvalidProjectName(
             f"invalid project name {name!r}: use 1-64 letters, digits, '_' or '-', "
             "not starting with '-'"
         )
+    if type(name) is str:
+        if len(_VALID_NAMES) >= 4096:
+            _VALID_NAMES.clear()
+        _VALID_NAMES.add(name)
     return name
 
 
@@ -94,11 +104,17 @@ def _type_names(types: Any) -> str:
     return " or ".join("None" if t is type(None) else t.__name__ for t in _flatten(types))
 
 
+_SLOW: Any = object()   # "not decoded on the fast path": take the checked one
+
+
 class _Message:
     """Shared to_dict/from_dict for the message dataclasses.
 
     Each subclass lists ``_types``: field name → accepted types (``_ANY`` for anything
-    msgpack can carry). Nested message fields are named in ``_nested``.
+    msgpack can carry). Nested message fields are named in ``_nested``. :func:`_compile`
+    gives each class a generated ``to_dict`` and a fast decoder for well-formed input;
+    anything it is not sure of goes through the checked decoder, so both accept and reject
+    exactly the same data with the same errors.
     """
 
     __slots__ = ()
@@ -119,6 +135,19 @@ class _Message:
 
     @classmethod
     def from_dict(cls, data: Any):
+        obj = cls._fast_from_dict(data)
+        if obj is not _SLOW:
+            return obj
+        return cls._checked_from_dict(data)
+
+    @staticmethod
+    def _fast_from_dict(data: Any) -> Any:
+        """Replaced per class by :func:`_compile`: decode a well-formed dict, else return _SLOW."""
+        return _SLOW
+
+    @classmethod
+    def _checked_from_dict(cls, data: Any):
+        """The reference decoder: checks every field and raises the error that names it."""
         if isinstance(data, cls):
             return data
         if not isinstance(data, dict):
@@ -271,6 +300,13 @@ class Task(_Message):
 
     def _post_decode(self) -> None:
         validate_project_name(self.project)
+        status = self.status
+        if type(status) is TaskStatus:
+            return
+        status = _STATUS_OF.get(status) if type(status) is str else None
+        if status is not None:
+            self.status = status
+            return
         try:
             self.status = TaskStatus(self.status)
         except ValueError:
@@ -378,6 +414,123 @@ def special_task(project: str, taskid: str, *, save: Any = None, priority: int =
     )
 
 
+_STATUS_OF: dict[str, TaskStatus] = {s.value: s for s in TaskStatus}
+_PLAIN = frozenset((str, int, float, bool, type(None), dict, list, bytes))
+
+
+def _plain_value(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _compile(cls: type) -> None:
+    """Generate ``cls.to_dict`` and ``cls._fast_from_dict`` from its fields (see :class:`_Message`).
+
+    The fast decoder accepts a dict whose every known field has exactly an accepted type
+    (``type(v) is T``, no subclasses) and whose required fields are present; it fills the
+    missing ones with the dataclass defaults, as ``cls(**kwargs)`` would. On anything else
+    it returns ``_SLOW`` and :meth:`_Message.from_dict` runs the checked decoder.
+    """
+    name = cls.__name__
+    ns: dict[str, Any] = {"_SLOW": _SLOW, "_M": _SLOW, "_new": object.__new__, "cls": cls,
+                          "_P": _PLAIN, "_plain": _plain_value, "_copysign": math.copysign}
+    to_parts: list[str] = []
+    wire = ["    out = {}"]
+    body = ["    if type(data) is not dict:", "        return data if isinstance(data, cls) else _SLOW",
+            "    get = data.get", "    o = _new(cls)"]
+    for n in cls._required:
+        body.append(f"    if get({n!r}) is None:")
+        body.append("        return _SLOW")
+    for i, f in enumerate(dataclasses.fields(cls)):
+        fname = f.name
+        if f.default is not dataclasses.MISSING:
+            ns[f"_d{i}"] = f.default
+            default = f"_d{i}"
+        elif f.default_factory is not dataclasses.MISSING:
+            ns[f"_f{i}"] = f.default_factory
+            default = f"_f{i}()"
+        else:
+            default = None
+        nested = cls._nested.get(fname)
+        body.append(f"    v = get({fname!r}, _M)")
+        wire.extend(_wire_field(ns, i, f, nested))
+        if nested is not None:
+            ns[f"_n{i}"] = nested
+            to_parts.append(f"{fname!r}: None if (v{i} := self.{fname}) is None else v{i}.to_dict()")
+            body.append("    if v is _M or v is None:")
+            body.append(f"        o.{fname} = {default}" if default else "        return _SLOW")
+            body.append("    elif type(v) is dict:")
+            body.append(f"        v = _n{i}._fast_from_dict(v)")
+            body.append("        if v is _SLOW:")
+            body.append("            return _SLOW")
+            body.append(f"        o.{fname} = v")
+            body.append(f"    elif isinstance(v, _n{i}):")
+            body.append(f"        o.{fname} = v")
+            body.append("    else:")
+            body.append("        return _SLOW")
+            continue
+        to_parts.append(f"{fname!r}: v{i} if type(v{i} := self.{fname}) in _P else _plain(v{i})")
+        body.append("    if v is _M:")
+        body.append(f"        o.{fname} = {default}" if default else "        return _SLOW")
+        types = cls._types[fname]
+        if types is _ANY:
+            body.append("    else:")
+        else:
+            ns[f"_t{i}"] = frozenset(_flatten(types))
+            body.append(f"    elif type(v) in _t{i}:")
+        body.append(f"        o.{fname} = v")
+        if types is not _ANY:
+            body.append("    else:")
+            body.append("        return _SLOW")
+    if cls._post_decode is not _Message._post_decode:
+        body.append("    o._post_decode()")
+    body.append("    return o")
+    wire.append("    return out")
+    source = (f"def to_dict(self):\n    return {{{', '.join(to_parts)}}}\n\n"
+              f"def _wire(self):\n" + "\n".join(wire) + "\n\n"
+              "def _fast_from_dict(data):\n" + "\n".join(body) + "\n")
+    exec(compile(source, f"<spiderflow.message {name}>", "exec"), ns)  # noqa: S102 - our own generated source
+    ns["to_dict"].__qualname__ = f"{name}.to_dict"
+    cls.to_dict = ns["to_dict"]
+    cls._wire = ns["_wire"]
+    cls._fast_from_dict = staticmethod(ns["_fast_from_dict"])
+
+
+def _wire_field(ns: dict[str, Any], i: int, f: dataclasses.Field, nested: type | None) -> list[str]:
+    """Source lines of ``_wire`` for field *f*: its plain value, left out when it equals the default.
+
+    A left-out field decodes to that same default, so the message is unchanged by the trip;
+    float defaults also compare the sign, so ``-0.0`` travels.
+    """
+    fname = f.name
+    if f.default is not dataclasses.MISSING:
+        default, has_default = f.default, True
+    elif f.default_factory is not dataclasses.MISSING:
+        default, has_default = f.default_factory(), True
+    else:
+        default, has_default = None, False
+    if nested is not None:
+        if not has_default:
+            return [f"    v = self.{fname}", f"    out[{fname!r}] = None if v is None else v._wire()"]
+        if default is None:       # e.g. StatusPack.schedule: None unless given; {} means a default Schedule
+            return [f"    v = self.{fname}", "    if v is not None:", f"        out[{fname!r}] = v._wire()"]
+        return [f"    v = self.{fname}", "    if v is None:", f"        out[{fname!r}] = None", "    else:",
+                "        v = v._wire()", "        if v:", f"            out[{fname!r}] = v"]
+    lines = [f"    v = self.{fname}"]
+    value = "v if type(v) in _P else _plain(v)"
+    if not has_default:
+        return lines + [f"    out[{fname!r}] = {value}"]
+    ns[f"_w{i}"], ns[f"_wt{i}"] = default, type(default)
+    same = f"type(v) is _wt{i} and v == _w{i}"
+    if isinstance(default, float):
+        same += f" and _copysign(1.0, v) == _copysign(1.0, _w{i})"
+    return lines + [f"    if not ({same}):", f"        out[{fname!r}] = {value}"]
+
+
+for _cls in (Schedule, Fetch, Process, Track, Task, FetchResult, StatusPack, ResultPack):
+    _compile(_cls)
+del _cls
+
+
 MESSAGE_TYPES: dict[str, type] = {
     "task": Task,
     "fetch_result": FetchResult,
@@ -401,7 +554,7 @@ def _encode_one(msg: Any) -> list:
     tag = _TAG_OF.get(type(msg))
     if tag is None:
         raise SerializationError(f"cannot pack {type(msg).__name__}: not a spiderflow message")
-    return [tag, msg.to_dict()]
+    return [tag, msg._wire()]
 
 
 def pack(msg: Message | tuple) -> bytes:

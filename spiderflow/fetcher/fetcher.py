@@ -55,6 +55,7 @@ class Fetcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._full_wait: asyncio.Lock | None = None   # made on the running loop, when first needed
         self._transport: Transport | None = None
 
     # -- public API -------------------------------------------------------------------
@@ -180,6 +181,7 @@ class Fetcher:
                 self._cancel_in_flight()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self._loop = None
+            self._full_wait = None
             self._stops = 0
             self.close()
             logger.info("fetcher exits: %s (%d fetched)", reason, self._counters.total_count())
@@ -227,7 +229,12 @@ class Fetcher:
             try:
                 self.outqueue.put_nowait(item)
             except QueueFull:
-                await self.outqueue.aput(item)  # backpressure: this slot stays busy meanwhile
+                # backpressure: this slot stays busy meanwhile; one slot at a time polls the
+                # full outqueue, the others wait their turn without waking up
+                if self._full_wait is None:
+                    self._full_wait = asyncio.Lock()
+                async with self._full_wait:
+                    await self.outqueue.aput(item)
             delivery.ack()
         except asyncio.CancelledError:
             delivery.hand_back()

@@ -34,6 +34,7 @@ _JS_OPTIONS = frozenset(("js_run_at", "js_script", "js_viewport_width", "js_view
 _URL_SCHEMES = ("http", "https", "data")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _PLAIN = (str, int, float, bool, bytes, type(None))
+_CALLBACK_ONLY = frozenset(("callback",))
 
 
 def merge_options(base: dict[str, Any] | None, mid: dict[str, Any] | None,
@@ -125,6 +126,10 @@ def _str_dict(value: Any, name: str) -> dict[str, str]:
 def build_task(project: str, url: str, opts: dict[str, Any], callback: str | None, get_taskid: Any,
                now: float) -> Task:
     """The Task for one URL; *opts* are merged and checked, *callback* is a method name."""
+    if get_taskid is None and opts.keys() <= _CALLBACK_ONLY:
+        # the common self.crawl(url, callback=...): every part at its default
+        return Task(taskid=md5_taskid(url), project=project, url=url, process=Process(callback=callback),
+                    updatetime=now)
     fetch_kw: dict[str, Any] = {}
     schedule_kw: dict[str, Any] = {}
     time_limit = None

@@ -230,12 +230,10 @@ class Response:
     def doc(self) -> Any:
         """A PyQuery of the page, with links made absolute against the response URL."""
         if self._doc is None:
-            from pyquery import PyQuery
-
             root = self.etree
             if self.url.startswith(("http://", "https://")):
                 make_links_absolute(root, self.url)
-            self._doc = PyQuery(root)
+            self._doc = _pyquery_class()(root)
         return self._doc
 
     # -- status --------------------------------------------------------------------------
@@ -271,6 +269,45 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+
+
+_PYQUERY: Any = None
+_XPATHS: dict[tuple, str] = {}      # (translator class, xhtml, selector, prefix) -> XPath
+_XPATHS_MAX = 1024
+
+
+def _pyquery_class() -> Any:
+    """PyQuery, translating each CSS selector to XPath once instead of on every call.
+
+    A callback selects with the same few selectors page after page; cssselect's parser is
+    a good part of the cost of ``response.doc("a[href]")``. Only pyquery's own translators
+    (which hold nothing but their ``xhtml`` flag) are cached.
+    """
+    global _PYQUERY
+    if _PYQUERY is None:
+        from pyquery import PyQuery as Base
+        from pyquery.cssselectpatch import JQueryTranslator
+
+        class PyQuery(Base):
+            __slots__ = ()
+
+            def _css_to_xpath(self, selector, prefix="descendant-or-self::"):
+                translator = self._translator
+                if type(translator) is not JQueryTranslator or not isinstance(selector, str):
+                    return super()._css_to_xpath(selector, prefix)
+                key = (translator.xhtml, selector, prefix)
+                xpath = _XPATHS.get(key)
+                if xpath is None:
+                    xpath = super()._css_to_xpath(selector, prefix)
+                    if len(_XPATHS) >= _XPATHS_MAX:
+                        _XPATHS.clear()
+                    _XPATHS[key] = xpath
+                return xpath
+
+        PyQuery.__module__ = Base.__module__
+        PyQuery.__qualname__ = Base.__qualname__
+        _PYQUERY = PyQuery
+    return _PYQUERY
 
 
 #: Attributes that hold a URL; the ones lxml's make_links_absolute rewrites, minus rare ones.

@@ -1,7 +1,8 @@
 """The result worker: take ResultPacks from processor2result and store them.
 
 :class:`ResultWorker` upserts by (project, taskid) into resultdb, ``settings.result_batch``
-packs per transaction, so a re-sent task overwrites its result instead of adding one. A
+packs per transaction (a batch gathers for up to ``settings.result_linger`` seconds after its
+first pack), so a re-sent task overwrites its result instead of adding one. A
 batch that fails is retried pack by pack, so one bad result cannot sink the others; a pack
 that still fails is logged and dropped.
 
@@ -21,6 +22,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, TextIO
@@ -114,6 +116,8 @@ class ResultWorker:
                     reason = "inqueue drained"
                     break
                 continue
+            if not burst:
+                deliveries += self._fill(batch - len(deliveries))
             packs = []
             for delivery in deliveries:
                 if isinstance(delivery.message, ResultPack):
@@ -129,6 +133,27 @@ class ResultWorker:
                 for delivery in deliveries:
                     delivery.ack()
         logger.info("result worker exiting: %s (%d stored, %d dropped)", reason, self.stored, self.failed)
+
+    def _fill(self, room: int) -> list:
+        """More deliveries for the batch in hand, for up to ``result_linger`` seconds or until it is full.
+
+        One transaction then stores many results instead of one: at a few hundred results a
+        second the worker would otherwise commit for nearly every one.
+        """
+        more: list = []
+        deadline = time.monotonic() + self.settings.result_linger
+        while len(more) < room and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                got = self.inqueue.receive_many(room - len(more), timeout=remaining)
+            except (QueueEmpty, SerializationError):
+                continue
+            except QueueError:  # closed or failing: store what is in hand, run() sees it next
+                break
+            more += got
+        return more
 
     def stop(self) -> None:
         """Warm shutdown: store the batch in hand, then leave run()."""

@@ -3,9 +3,14 @@
 A mixin of :class:`~spiderflow.scheduler.Scheduler`. Requests are grouped by project;
 their taskids are looked up in memory, in the batched writes not yet flushed, and then in
 taskdb with one ``get_many`` (light fields only; schedules are read just for requests that
-carry an itag). New tasks are stored with one ``insert_many``. An old task is restarted
-when its itag changed, its age expired (after a crawl), or force_update is set; cancel
-marks it BAD; a restart of a task in flight waits until the task returns.
+carry an itag). A plain request (no force_update, cancel, itag or age) for a taskid the
+project remembers as stored (``ProjectState.known``, up to ``known_taskids``) is ignored
+without the lookup, as the lookup would have ignored it. New tasks are stored with one
+``insert_many``. An old task is restarted when its itag changed, its age expired (after a
+crawl), or force_update is set; cancel marks it BAD; a restart of a task in flight waits
+until the task returns. On a reliable queue (redis, amqp) requests are acknowledged only
+once stored in taskdb: those a killed scheduler had taken come back (their parent may
+already be SUCCESS, so nothing else would request them again).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..exceptions import SerializationError
+from ..exceptions import SerializationError, StorageError
 from ..message import Task, TaskStatus, Track
 from .checks import coerce_task, flatten, make_active
 from .operations import EPHEMERAL
@@ -26,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 _LIGHT_FIELDS = ["taskid", "status", "lastcrawltime"]
 _ACTIVE = TaskStatus.ACTIVE
+
+
+def _plain(s: Any) -> bool:
+    """A request that never restarts a stored task: no force_update, cancel, itag or age."""
+    return not (s.force_update or s.cancel) and s.itag is None and s.age < 0
 
 
 class NewTasks:
@@ -45,11 +55,25 @@ class NewTasks:
         if self._requests:
             batch.extend(self._requests)
             self._requests.clear()
+        deliveries: list[Any] = []
         if self.request_batch > 0:
-            batch.extend(self.newtask_queue.get_many(self.request_batch, 0))
-        if batch:
-            self._on_request_msgs(batch, now)
-        self._flush()
+            if getattr(self.newtask_queue, "reliable", False):
+                # acked once stored: the requests a killed scheduler had taken are delivered again
+                deliveries = self.newtask_queue.receive_many(self.request_batch, 0)
+                batch.extend(d.message for d in deliveries)
+            else:
+                batch.extend(self.newtask_queue.get_many(self.request_batch, 0))
+        try:
+            if batch:
+                self._on_request_msgs(batch, now)
+            self._flush()
+        except StorageError:
+            for d in deliveries:
+                d.hand_back()      # taskdb failed: the requests wait in the queue for the next pass
+            raise
+        finally:
+            if deliveries:
+                self.newtask_queue.ack_many(deliveries)   # stored (those handed back are settled already)
 
     def _on_request_msgs(self, msgs: Iterable[Any], now: float) -> None:
         groups: dict[str, list[Task]] = {}
@@ -75,9 +99,13 @@ class NewTasks:
         queue = p.queue
         pending = self._pending                     # batched writes: newer than taskdb
         name = p.name
+        known = p.known                             # in taskdb: a plain request for one of these is ignored
         unknown = {t.taskid for t in tasks
-                   if t.taskid not in queue and (name, t.taskid) not in pending and t.taskid not in EPHEMERAL}
+                   if t.taskid not in queue and (name, t.taskid) not in pending and t.taskid not in EPHEMERAL
+                   and not (t.taskid in known and _plain(t.schedule))}
         stored = self.taskdb.get_many(p.name, list(unknown), fields=_LIGHT_FIELDS) if unknown else {}
+        if stored:
+            self._remember(p, stored)
         itags = [t.taskid for t in tasks if t.schedule.itag is not None and t.taskid in stored]
         if itags:   # the old itag only matters to requests that carry one: read schedules just for them
             for taskid, row in self.taskdb.get_many(p.name, itags, fields=["taskid", "schedule"]).items():
@@ -98,6 +126,8 @@ class NewTasks:
             old: Any = seen.get(taskid) or queue.get(taskid) or pending.get((name, taskid))
             if old is None:
                 old = stored.get(taskid)
+                if old is None and taskid in known and _plain(s):
+                    continue                        # stored, and nothing asks to crawl it again
                 if old is None:
                     if s.cancel:
                         logger.info("cancel of unknown task %s:%s ignored", p.name, taskid)
@@ -165,11 +195,19 @@ class NewTasks:
                         del seen[taskid]
             self._counters.event(p.name, "pending", len(inserts))
             self._active_delta(p, len(inserts))
+            self._remember(p, inserts)
         for taskid, task in seen.items():
             if task.status is _ACTIVE:
                 if inserts.get(taskid) is not task:
                     self._write(task)
                 self.window.place(p, task, now)
+
+    def _remember(self, p: ProjectState, taskids: Iterable[str]) -> None:
+        """Note *taskids* as stored in taskdb; the set is emptied when it outgrows ``known_taskids``."""
+        known = p.known
+        known.update(taskids)
+        if len(known) > self.settings.known_taskids:
+            known.clear()
 
     def _cancel(self, p: ProjectState, task: Task, old: Any, old_status: TaskStatus, now: float) -> None:
         if isinstance(old, Task):

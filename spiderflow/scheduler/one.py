@@ -69,14 +69,20 @@ class OneScheduler(Scheduler):
             fetched = await asyncio.gather(*(self._fetch(task) for task in batch))
             with self._lock:
                 now = self._clock()
+                statuses: list[StatusPack] = []
+                follows: list[Task] = []
                 for task, result in zip(batch, fetched):
                     status, new_tasks, results = self._process(task, result)
                     for item in results:
                         self._emit(item)
                         self.results += 1
-                    if new_tasks:
-                        self._on_request_msgs(new_tasks, now)
-                    self._on_status_msgs([status], now)
+                    follows.extend(new_tasks)
+                    statuses.append(status)
+                # the whole pass's follows are checked in one go (one taskdb lookup and insert),
+                # before its status packs, as the queued scheduler sees them
+                if follows:
+                    self._on_request_msgs(follows, now)
+                self._on_status_msgs(statuses, now)
                 self._flush()
             self._work += len(batch)
         return len(batch)

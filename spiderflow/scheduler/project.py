@@ -63,6 +63,7 @@ class ProjectState:
         self.bucket = TokenBucket(settings.default_rate, settings.default_burst, clock)
         self._bucket_set = False
         self.queue = TaskQueue()
+        self.known: set[str] = set()              # taskids known to be in taskdb (bounded; see newtasks)
         self.specials: deque[Task] = deque()      # _on_get_info, _on_cronjob, _on_message to send
         self.active: deque[tuple[float, str, Task, Any]] = deque(maxlen=max(1, settings.active_tasks))
         self.active_count: int | None = None      # ACTIVE tasks in taskdb, once counted

@@ -125,7 +125,7 @@ class Scheduler(NewTasks, Operations):
                 if burst and self.idle():
                     reason = "burst: nothing left to do"
                     break
-                await asyncio.sleep(0 if self._work else self.settings.loop_interval)
+                await asyncio.sleep(0 if self._work else self._idle_interval())
         finally:
             self.shutdown()
             self._stopping.clear()
@@ -144,6 +144,18 @@ class Scheduler(NewTasks, Operations):
         except Exception:  # the loop boundary: one bad pass must not end the scheduler
             logger.exception("scheduler loop pass failed")
             self._work = 0
+
+    def _idle_interval(self) -> float:
+        """The pause after a pass with nothing to do: short while answers are on their way.
+
+        A status pack is due for every task in flight, and a queued message may still be in
+        a producer's hands (a multiprocessing queue counts it before its bytes arrive); a
+        processor blocked on a full newtask_queue waits for exactly this pass.
+        """
+        if self.newtask_queue.qsize() or self.status_queue.qsize() \
+                or any(p.queue.processing_count for p in self.projects.values()):
+            return min(self.settings.busy_loop_interval, self.settings.loop_interval)
+        return self.settings.loop_interval
 
     def stop(self) -> None:
         """Ask :meth:`run` to exit after the current pass (thread- and signal-safe)."""
@@ -204,6 +216,7 @@ class Scheduler(NewTasks, Operations):
         if p is None:
             p = self.projects[name] = ProjectState(name, self.settings, self._clock)
         script_changed, schedulable_changed = p.apply_row(row, self.settings)
+        p.known.clear()     # the row changed: the project may have been dropped and made again meanwhile
         if new:
             logger.info("project %s loaded (%s, rate %s, burst %s)", name, p.status.value, p.bucket.rate, p.bucket.burst)
         if schedulable_changed or new:

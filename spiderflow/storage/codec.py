@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +22,10 @@ _TAGS = ("$b", "$t", "$d")
 _SCALARS = (str, int, float, bool, type(None))
 _MISSING = object()
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring   # a JSON string, as _ENCODER writes it
 _STRICT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _layouts: dict[type, tuple[Callable[[Any], tuple], tuple[tuple[str, Any, type], ...]]] = {}
+_dumpers: dict[type, Callable[[Any], str]] = {}
 
 
 def _layout(cls: type) -> tuple[Callable[[Any], tuple], tuple[tuple[str, Any, type], ...]]:
@@ -82,13 +85,53 @@ def dumps_part(part: Any) -> str:
     """JSON text of a message dataclass, holding only its non-default fields."""
     if part is None:
         return "null"
-    getter, fields = _layout(type(part))
-    out = {}
-    for (name, default, default_type), value in zip(fields, getter(part)):
-        if type(value) is default_type and value == default:
-            continue
-        out[name] = value if type(value) is str else encode_value(value)
-    return _ENCODER.encode(out) if out else "{}"
+    dumps = _dumpers.get(type(part))
+    if dumps is None:
+        dumps = _dumpers[type(part)] = _make_dumps(type(part))
+    return dumps(part)
+
+
+def _make_dumps(cls: type) -> Callable[[Any], str]:
+    """:func:`dumps_part` for *cls*, generated: one inline default test per field, no loop.
+
+    It writes the JSON object itself, member by member, exactly as ``_ENCODER`` would
+    (field order, ``","``/``":"`` separators, strings unescaped beyond JSON's rules);
+    :func:`_json_value` formats strings, numbers, booleans and None without the
+    encoder's per-call set-up and hands anything else to the encoder.
+    """
+    _, fields = _layout(cls)
+    ns: dict[str, Any] = {"encode_value": encode_value, "_value": _json_value, "_str": _encode_str}
+    lines = ["def dumps(part):", "    out = []"]
+    for i, (name, default, default_type) in enumerate(fields):
+        ns[f"_d{i}"], ns[f"_t{i}"] = default, default_type
+        key = _encode_str(name) + ":"
+        lines += [f"    v = part.{name}",
+                  f"    if not (type(v) is _t{i} and v == _d{i}):",
+                  f"        out.append({key!r} + (_str(v) if type(v) is str else _value(encode_value(v))))"]
+    lines.append('    return "{" + ",".join(out) + "}" if out else "{}"')
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<spiderflow.storage.codec {cls.__name__}>", "exec"), ns)  # noqa: S102 - generated here
+    return ns["dumps"]
+
+
+def _json_value(value: Any) -> str:
+    """*value* as ``_ENCODER`` writes it (plain JSON data, after :func:`encode_value`)."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if kind is float:
+        if math.isnan(value) or math.isinf(value):
+            return _ENCODER.encode(value)      # NaN / Infinity, as the encoder spells them
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return _ENCODER.encode(value)
 
 
 def loads_part(cls: type, text: str | None) -> Any:
