@@ -2,6 +2,7 @@
 
 ``build_*`` functions make one component from settings, queues and databases;
 :func:`run_component` runs one in this process with warm/cold signal handling;
+:func:`start_node` registers a process as a node and starts its heartbeats;
 :func:`run_one` is ``spiderflow one`` (OneScheduler, fetch → process → result inline);
 :func:`run_all` is ``spiderflow all`` (every component as a process on one machine);
 :func:`crawl` runs a crawl from Python and returns its results.
@@ -17,6 +18,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -26,9 +28,10 @@ from typing import Any, TextIO
 
 from .exceptions import ConfigError, InvalidProjectName
 from .message import Fetch, Process, ProjectStatus, ResultPack, Task, TaskStatus, validate_project_name
+from .nodes import dump_threads
 from .queues import BaseQueue, connect_queues
 from .settings import Settings
-from .storage import connect_projectdb, connect_resultdb, connect_taskdb
+from .storage import connect_nodedb, connect_projectdb, connect_resultdb, connect_taskdb
 
 logger = logging.getLogger(__name__)
 
@@ -101,21 +104,34 @@ def build_result_worker(settings: Settings, queues: dict[str, BaseQueue] | None,
 
 # -- signals ---------------------------------------------------------------------------------
 
-def install_stop_signals(stop: Callable[[], None], name: str, sigint: bool = True) -> None:
+#: a second stop signal within this many seconds of the first counts as the same one
+SAME_SIGNAL_WINDOW = 1.0
+
+
+def install_stop_signals(stop: Callable[[], None], name: str, sigint: bool = True,
+                         grace: float | None = None) -> None:
     """First SIGTERM/SIGINT: warm stop (``stop()``); a second one or SIGQUIT: cold, exit now.
 
     With ``sigint=False`` (the children of ``all``) Ctrl-C is left to the parent, which
-    passes it on as one SIGTERM, so a single Ctrl-C stays a warm shutdown.
+    passes it on as one SIGTERM, so a single Ctrl-C stays a warm shutdown. With *grace*, a
+    warm stop that has not ended the process after *grace* seconds turns cold. SIGUSR1 logs
+    every thread's stack and changes nothing.
     """
-    received = {"n": 0}
+    first: dict[str, float] = {}
 
     def warm(signum: int, _frame: Any) -> None:
-        received["n"] += 1
-        if received["n"] > 1:
+        if "at" in first:
+            # one event often arrives twice: Ctrl-C or `timeout` signal the whole process
+            # group and `all` passes the signal on; only a later signal means "stop now"
+            if time.monotonic() - first["at"] < SAME_SIGNAL_WINDOW:
+                return
             cold(signum, _frame)
             return
+        first["at"] = time.monotonic()
         logger.info("%s: %s received, finishing in-flight work (send again to stop at once)",
                     name, signal.Signals(signum).name)
+        if grace is not None:
+            _cold_after(grace, name)
         stop()
 
     def cold(signum: int, _frame: Any) -> None:
@@ -126,6 +142,23 @@ def install_stop_signals(stop: Callable[[], None], name: str, sigint: bool = Tru
     signal.signal(signal.SIGTERM, warm)
     signal.signal(signal.SIGINT, warm if sigint else signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, cold)
+    signal.signal(signal.SIGUSR1, lambda _signum, frame: dump_threads(name, frame))
+
+
+def _cold_after(grace: float, name: str) -> None:
+    def expire() -> None:
+        logger.warning("%s: warm shutdown did not end in %g s; stopping at once", name, grace)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(grace, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def stop_grace(settings: Settings) -> float:
+    """How long a warm shutdown may take: the longest fetch or callback in hand, plus a margin."""
+    return max(settings.timeout, settings.process_time_limit) + 30.0
 
 
 def die_with_parent() -> None:
@@ -138,42 +171,95 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# -- nodes: every component process registers and heartbeats (spiderflow.nodes) -------------------
+
+def start_node(kind: str, settings: Settings, component: Any = None, *, name: str | None = None):
+    """Register this process as a node of *kind* and start its heartbeat thread.
+
+    The registry is in the projectdb database. Returns the :class:`~spiderflow.nodes.Node`
+    (``stop()`` it on a warm shutdown), or None when ``heartbeat_interval`` is 0.
+    """
+    if settings.heartbeat_interval <= 0:
+        return None
+    from .nodes import COMPONENT_STATS, Node
+    stats = COMPONENT_STATS.get(kind)
+    url = settings.db_url("projectdb")
+    return Node(lambda: connect_nodedb(url), kind, name=name,
+                stats=(lambda: stats(component)) if stats and component is not None else None,
+                interval=settings.heartbeat_interval, timeout=settings.node_timeout).start()
+
+
+def node_lister(settings: Settings) -> Callable[[bool], list[dict[str, Any]]]:
+    """``nodes(include_offline)``: the registry's nodes, read on each call (the control interface)."""
+    def nodes(include_offline: bool = False) -> list[dict[str, Any]]:
+        db = connect_nodedb(settings.db_url("projectdb"))
+        try:
+            return db.list(include_offline, timeout=settings.node_timeout)
+        finally:
+            db.close()
+    return nodes
+
+
 # -- one component in this process -------------------------------------------------------------
 
 def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *, burst: bool = False,
-                  control: bool = True, sigint: bool = True) -> None:
-    """Run one component until a signal (or, with *burst*, until its input is drained)."""
+                  control: bool = True, sigint: bool = True,
+                  observe: Callable[[str, Any], None] | None = None) -> None:
+    """Run one component until a signal (or, with *burst*, until its input is drained).
+
+    *observe*, if given, is called with ``(kind, component)`` once the component is built and
+    before it runs (the bench watches the component's counters this way).
+    """
     if kind not in COMPONENTS:
         raise ConfigError(f"unknown component {kind!r}; known: {', '.join(COMPONENTS)}")
     dbs = None if kind == "fetcher" else open_databases(settings)
+    grace = stop_grace(settings)
+    node = None
     try:
         if kind == "scheduler":
             scheduler = build_scheduler(settings, queues, dbs)
-            install_stop_signals(scheduler.stop, kind, sigint)
-            asyncio.run(_run_scheduler(scheduler, control))
+            if observe is not None:
+                observe(kind, scheduler)
+            install_stop_signals(scheduler.stop, kind, sigint, grace)
+            node = start_node(kind, settings)  # its stats are read on its loop: _run_scheduler
+            asyncio.run(_run_scheduler(scheduler, control, node))
         elif kind == "fetcher":
             fetcher = build_fetcher(settings, queues)
-            install_stop_signals(fetcher.stop, kind, sigint)
+            if observe is not None:
+                observe(kind, fetcher)
+            install_stop_signals(fetcher.stop, kind, sigint, grace)
+            node = start_node(kind, settings, fetcher)
             asyncio.run(fetcher.run(burst=burst))
         elif kind == "processor":
             processor = build_processor(settings, queues, dbs)
-            install_stop_signals(processor.stop, kind, sigint)
+            if observe is not None:
+                observe(kind, processor)
+            install_stop_signals(processor.stop, kind, sigint, grace)
+            node = start_node(kind, settings, processor)
             processor.run(burst=burst)
         else:
             worker = build_result_worker(settings, queues, dbs)
-            install_stop_signals(worker.stop, kind, sigint)
+            if observe is not None:
+                observe(kind, worker)
+            install_stop_signals(worker.stop, kind, sigint, grace)
+            node = start_node(kind, settings, worker)
             worker.run(burst=burst)
     finally:
+        if node is not None:
+            node.stop()
         if dbs is not None:
             dbs.close()
 
 
-async def _run_scheduler(scheduler: Any, control: bool) -> None:
+async def _run_scheduler(scheduler: Any, control: bool, node: Any = None) -> None:
+    from .nodes import on_loop, scheduler_stats
+    if node is not None:
+        node.stats = on_loop(lambda: scheduler_stats(scheduler), asyncio.get_running_loop())
     server = None
     if control:
         from .scheduler import serve_control
         try:
-            server, _port = serve_control(scheduler)
+            server, _port = serve_control(scheduler, nodes=node_lister(scheduler.settings))
         except OSError as exc:
             logger.error("scheduler control interface could not bind %s:%s (%s); running without it "
                          "(choose another port with --scheduler-port)",
@@ -183,6 +269,31 @@ async def _run_scheduler(scheduler: Any, control: bool) -> None:
     finally:
         if server is not None:
             server.stop()
+
+
+def _run_webui(settings: Settings, queues: dict[str, BaseQueue]) -> None:
+    from .webui import build_webui
+    server = build_webui(settings, queues=queues)
+    install_stop_signals(server.stop, "webui", sigint=False)
+    logger.info("web UI on %s", server.url)
+    node = start_node("webui", settings)
+    try:
+        server.run()
+    finally:
+        if node is not None:
+            node.stop()
+
+
+def check_port_free(host: str, port: int, what: str, option: str) -> None:
+    """Fail before anything starts when *port* is taken (0 means "any free port")."""
+    if not port:
+        return
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"the {what} cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                          f"choose another port with {option}") from None
 
 
 # -- project scripts -------------------------------------------------------------------------------
@@ -261,10 +372,14 @@ def run_one(settings: Settings, script_path: str, *, name: str | None = None, ur
             one.newtask(start_task(name, url, callback))
     else:
         one.run_project(name)
+    # a node only when its registry is shared (a projectdb URL): never a ./data for in-memory runs
+    node = start_node("one", settings, one) if settings.projectdb else None
     try:
         install_stop_signals(one.stop, "one")
         asyncio.run(_run_one(one, interactive, name, callback))
     finally:
+        if node is not None:
+            node.stop()
         dbs.close()
     logger.info("one: done, %d results", results())
     return 0
@@ -301,6 +416,7 @@ def _one_scheduler(settings: Settings, dbs: Databases, name: str, out: TextIO | 
                        process=process, result_sink=sink, project=name, settings=settings,
                        counter_file=counter_file)
     one.fetcher_component = fetcher
+    one.processor_component = processor  # for its node's stats
     return one, lambda: stored["n"]
 
 
@@ -388,8 +504,8 @@ def crawl(handler: Any, *, name: str | None = None, urls: Iterable[str] = (), ca
 # -- spiderflow all ------------------------------------------------------------------------------------
 
 def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit_when_done: bool = False,
-            rate: float | None = None, burst: float | None = None, check_interval: float = 0.5,
-            done_after: float = 2.0) -> int:
+            rate: float | None = None, burst: float | None = None, webui: bool = True,
+            check_interval: float = 0.5, done_after: float = 2.0) -> int:
     """``spiderflow all``: every component as a process on this machine, until a signal.
 
     *scripts* (name, text) are stored as RUNNING projects and started (on_start). With
@@ -404,6 +520,10 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
         check_script(name, script)
     from .result import load_result_worker_class
     load_result_worker_class(settings.result_sink)  # a bad sink name fails here, not in every child
+    if webui:
+        from .webui import check_webui_settings
+        check_webui_settings(settings)
+        check_port_free(settings.webui_host, settings.webui_port, "web UI", "--webui-port")
     dbs = open_databases(settings)
     try:
         for name, script in scripts:
@@ -413,7 +533,7 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
     kwargs = {"context": ctx} if queue_scheme(settings, queue_url) == "multiprocessing" else {}
     queues = connect_queues(queue_url, settings.queue_maxsize, **kwargs)
     plan = [("scheduler", 1), ("fetcher", settings.fetcher_num), ("processor", settings.processor_num),
-            ("result-worker", settings.result_worker_num)]
+            ("result-worker", settings.result_worker_num)] + ([("webui", 1)] if webui else [])
     supervisor = _Supervisor(ctx, settings, queues)
     for kind, count in plan:
         for index in range(max(1, count)):
@@ -422,6 +542,9 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
     for name, _script in scripts:
         queues["newtask_queue"].put(special_task(name, "on_start", priority=9), timeout=30)
         logger.info("all: project %s started", name)
+    if webui and settings.webui_port:
+        from .webui import webui_url
+        logger.info("all: web UI on %s", webui_url(settings.webui_host, settings.webui_port))
     stop = threading.Event()
     install_stop_signals(stop.set, "all")
     names = [name for name, _ in scripts]
@@ -459,20 +582,25 @@ def _crawl_quiet(settings: Settings, queues: dict[str, BaseQueue], names: list[s
 
 
 class _Supervisor:
-    """Starts the component processes of ``all``, restarts one that dies, stops them all."""
+    """Starts the component processes of ``all``, restarts one that dies, stops them all.
+
+    Each process runs ``target(kind, settings, queues)`` (:func:`_child_main` unless given).
+    """
 
     MAX_RESTARTS = 5
 
-    def __init__(self, ctx: Any, settings: Settings, queues: dict[str, BaseQueue]):
+    def __init__(self, ctx: Any, settings: Settings, queues: dict[str, BaseQueue],
+                 target: Callable[[str, Settings, dict[str, BaseQueue]], None] | None = None):
         self.ctx = ctx
         self.settings = settings
         self.queues = queues
+        self.target = target or _child_main
         self.procs: dict[tuple[str, int], Any] = {}
         self.restarts: dict[tuple[str, int], int] = {}
         self.stopping = False
 
     def start(self, kind: str, index: int) -> None:
-        proc = self.ctx.Process(target=_child_main, args=(kind, self.settings, self.queues),
+        proc = self.ctx.Process(target=self.target, args=(kind, self.settings, self.queues),
                                 name=f"spiderflow-{kind}-{index}", daemon=False)
         proc.start()
         self.procs[(kind, index)] = proc
@@ -512,7 +640,10 @@ class _Supervisor:
 def _child_main(kind: str, settings: Settings, queues: dict[str, BaseQueue]) -> None:
     die_with_parent()
     try:
-        run_component(kind, settings, queues, sigint=False)
+        if kind == "webui":
+            _run_webui(settings, queues)
+        else:
+            run_component(kind, settings, queues, sigint=False)
     except Exception:
         logger.exception("%s failed", kind)
         raise SystemExit(1) from None

@@ -44,6 +44,7 @@ class Settings:
     scheduler_port: int = 23333
     scheduler_token: str | None = None
     loop_interval: float = 0.1                 # seconds between run_once() calls when idle
+    busy_loop_interval: float = 0.005          # ... when idle while tasks are in flight or messages queued
     loop_limit: int = 1000                     # max tasks selected per run_once
     inqueue_limit: int = 0                     # max ACTIVE tasks in queue per project (0: no limit)
     task_window: int = 10000                   # ACTIVE tasks held in memory per project
@@ -67,6 +68,7 @@ class Settings:
     request_batch: int = 10000                 # new-task messages drained per loop
     status_batch: int = 10000                  # status packs drained per loop
     load_pages: int = 4                        # taskdb pages loaded per project per loop at most
+    known_taskids: int = 100_000               # taskids per project remembered as stored: repeat links skip taskdb
 
     # -- fetcher -----------------------------------------------------------------
     poolsize: int = 100
@@ -85,11 +87,12 @@ class Settings:
 
     # -- result worker -----------------------------------------------------------
     result_batch: int = 100
+    result_linger: float = 0.05                # seconds a result worker waits for its batch to fill
     result_sink: str | None = None             # resultdb (default), jsonl, an entry point name, or module:Class
 
     # -- nodes -------------------------------------------------------------------
-    heartbeat_interval: float = 10.0
-    node_timeout: float = 60.0
+    heartbeat_interval: float = 10.0           # seconds between node heartbeats; 0: processes don't register
+    node_timeout: float = 60.0                 # a node whose last heartbeat is older is offline
 
     # -- web UI ------------------------------------------------------------------
     webui_host: str = "127.0.0.1"
@@ -97,6 +100,7 @@ class Settings:
     username: str | None = None
     password: str | None = None
     token: str | None = None
+    cookie_secret: str | None = None           # signs web UI sessions; None: random per process
 
     # -- process counts for `all` ------------------------------------------------
     fetcher_num: int = 1

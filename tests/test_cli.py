@@ -24,13 +24,14 @@ def test_version_and_help():
 def test_config_shows_precedence_and_hides_secrets(tmp_path, monkeypatch):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"poolsize": 10, "timeout": 3, "password": "hunter2",
-                               "taskdb": "postgresql://u:secret@127.0.0.1/db"}))
+                               "taskdb": "postgresql://u:s3cr3tpw@127.0.0.1/db", "cookie_secret": "c00kie"}))
     env = {"PATH": "/usr/bin:/bin", "SPIDERFLOW_POOLSIZE": "20"}
     out = run_cli("-c", str(cfg), "--data-dir", str(tmp_path), "config", env=env)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["poolsize"] == 20 and data["timeout"] == 3.0 and data["data_dir"] == str(tmp_path)
-    assert data["password"] == "***" and "secret" not in out.stdout
+    assert data["password"] == "***" and data["cookie_secret"] == "***"
+    assert "hunter2" not in out.stdout and "s3cr3tpw" not in out.stdout and "c00kie" not in out.stdout
 
 
 def test_bad_config_file_is_a_clear_error(tmp_path):

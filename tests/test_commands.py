@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 from spiderflow.message import ProjectStatus, TaskStatus
@@ -134,7 +136,7 @@ def test_all_crawls_to_completion_and_export(tmp_path, httpbin):
     script = write_script(tmp_path, "farm_all", FARM_SCRIPT, httpbin, total, show)
     data = tmp_path / "data"
     out = spiderflow("--data-dir", str(data), "all", "--project", script, "--exit-when-done",
-                     "--scheduler-port", "0", "--processor-num", "2", cwd=tmp_path, timeout=180)
+                     "--scheduler-port", "0", "--no-webui", "--processor-num", "2", cwd=tmp_path, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     resultdb = connect_resultdb(f"sqlite:///{data}/result.db")
     taskdb = connect_taskdb(f"sqlite:///{data}/task.db")
@@ -167,7 +169,7 @@ def test_all_goes_on_when_another_project_is_broken(tmp_path, httpbin):
     projectdb.close()
     script = write_script(tmp_path, "trouble_all", TROUBLE_SCRIPT, httpbin, total, show)
     out = spiderflow("--data-dir", str(data), "all", "--project", script, "--exit-when-done",
-                     "--scheduler-port", "0", cwd=tmp_path, timeout=180,
+                     "--scheduler-port", "0", "--no-webui", cwd=tmp_path, timeout=180,
                      env={"SPIDERFLOW_PROCESS_TIME_LIMIT": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     resultdb = connect_resultdb(f"sqlite:///{data}/result.db")
@@ -182,20 +184,60 @@ def test_all_stops_on_sigterm_without_orphans(tmp_path):
     data = tmp_path / "data"
     env = {**os.environ}
     proc = subprocess.Popen([sys.executable, "-m", "spiderflow.cli", "--data-dir", str(data), "all",
-                             "--scheduler-port", "0", "--fetcher-num", "2"],
+                             "--scheduler-port", "0", "--fetcher-num", "2", "--webui-port", str(free_port())],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     children: set[int] = set()
-    while time.monotonic() < deadline and len(children) < 5:
+    while time.monotonic() < deadline and len(children) < 6:
         time.sleep(0.2)
         children = _children(proc.pid)
-    assert len(children) == 5, f"expected 5 component processes, saw {children}"
+    assert len(children) == 6, f"expected 5 component processes and the web UI, saw {children}"
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert "every component stopped" in err
     alive = [pid for pid in children if _alive(pid)]
     assert not alive, f"orphans left: {alive}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_all_serves_the_web_ui(tmp_path, httpbin):
+    port = free_port()
+    script = write_script(tmp_path, "ui_farm", FARM_SCRIPT, httpbin, 13, 2)
+    proc = subprocess.Popen([sys.executable, "-m", "spiderflow.cli", "--data-dir", str(tmp_path / "data"), "all",
+                             "--project", script, "--webui-port", str(port), "--scheduler-port", str(free_port())],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/projects", timeout=2) as response:
+                    body = json.loads(response.read())["projects"]
+                if body and body[0].get("name") == "ui_farm":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.3)
+        assert body and [p["name"] for p in body] == ["ui_farm"], body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert f"web UI on http://127.0.0.1:{port}/" in err
+
+
+def test_all_refuses_a_taken_web_ui_port(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        out = spiderflow("--data-dir", str(tmp_path / "data"), "all", "--webui-port", str(port), cwd=tmp_path)
+    assert out.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in out.stderr and "--webui-port" in out.stderr
+    remote = spiderflow("--data-dir", str(tmp_path / "data"), "all", "--webui-host", "0.0.0.0", cwd=tmp_path)
+    assert remote.returncode != 0 and "Traceback" not in remote.stderr
 
 
 def _children(pid: int) -> set[int]:
@@ -263,5 +305,5 @@ def test_crawl_from_python_returns_results(httpbin):
 
 def test_all_refuses_an_unknown_result_sink(tmp_path):
     out = spiderflow("--data-dir", str(tmp_path / "data"), "all", "--result-sink", "nowhere", "--exit-when-done",
-                     cwd=tmp_path)
+                     "--no-webui", cwd=tmp_path)
     assert out.returncode != 0 and "unknown result sink 'nowhere'" in out.stderr and "Traceback" not in out.stderr

@@ -1,7 +1,7 @@
 """The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.run`.
 
 One module per command family: ``components`` (scheduler, fetcher, processor,
-result-worker), ``one``, ``all``, ``project``, ``export``, ``demo_site``; shared options in
+result-worker), ``one``, ``all``, ``project``, ``export``, ``demo_site``, ``nodes``; shared options in
 ``options``.
 
 Settings are resolved once here (flag > ``SPIDERFLOW_*`` environment > ``-c`` config
@@ -31,6 +31,7 @@ LOG_FORMAT = "[%(levelname).1s %(asctime)s %(process)d %(name)s] %(message)s"
 def setup_logging(level: str) -> None:
     """Install one stderr handler on the root logger (CLI and bench only)."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def get_settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -67,7 +68,7 @@ def show_config(ctx: click.Context) -> None:
     """Print the resolved settings as JSON (passwords and tokens hidden)."""
     settings = get_settings(ctx)
     data = dataclasses.asdict(settings)
-    for secret in ("password", "token", "scheduler_token"):
+    for secret in ("password", "token", "scheduler_token", "cookie_secret"):
         if data.get(secret):
             data[secret] = "***"
     for url_key in ("taskdb", "projectdb", "resultdb", "queue", "proxy"):
@@ -78,8 +79,10 @@ def show_config(ctx: click.Context) -> None:
 
 def _register() -> None:
     from . import all as all_cmd
-    from . import components, demo_site, export, one, project
-    for module in (one, all_cmd, components, project, export, demo_site):
+    from . import webui
+    from . import bench, components, demo_site, export, one, project
+    from . import nodes
+    for module in (one, all_cmd, components, project, export, demo_site, webui, bench, nodes):
         for command in module.COMMANDS:
             main.add_command(command)
 

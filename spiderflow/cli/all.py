@@ -21,6 +21,12 @@ from .options import db_options, handles_errors, queue_options
 @click.option("--burst", type=float, default=None, help="Burst of the --project scripts [their '# burst: N', else 3].")
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches per fetcher [100].")
 @click.option("--scheduler-port", type=int, default=None, help="Scheduler control interface port [23333].")
+@click.option("--no-webui", is_flag=True, help="Do not start the web UI.")
+@click.option("--webui-host", default=None, help="Web UI address [127.0.0.1]; any other needs credentials.")
+@click.option("--webui-port", type=int, default=None, help="Web UI port [5000].")
+@click.option("--username", default=None, help="Web UI user name (login page and basic auth).")
+@click.option("--password", default=None, help="Web UI password.")
+@click.option("--token", default=None, help="Web UI token for 'Authorization: Bearer'.")
 @click.option("--result-sink", default=None, metavar="NAME",
               help="Result sink of the result workers: resultdb (default), jsonl, an entry point, or module:Class.")
 @queue_options
@@ -28,7 +34,7 @@ from .options import db_options, handles_errors, queue_options
 @click.pass_context
 @handles_errors
 def all_command(ctx: click.Context, scripts: tuple[str, ...], exit_when_done: bool, rate: float | None,
-                burst: float | None, **options) -> None:
+                burst: float | None, no_webui: bool, **options) -> None:
     """Run the scheduler, fetchers, processors and result workers on this machine.
 
     Defaults: sqlite databases in the data directory and multiprocessing queues. Ctrl-C or
@@ -36,7 +42,8 @@ def all_command(ctx: click.Context, scripts: tuple[str, ...], exit_when_done: bo
     """
     settings = get_settings(ctx, **options)
     projects = [read_script(path) for path in scripts]
-    ctx.exit(run_all(settings, projects, exit_when_done=exit_when_done, rate=rate, burst=burst))
+    ctx.exit(run_all(settings, projects, exit_when_done=exit_when_done, rate=rate, burst=burst,
+                     webui=not no_webui))
 
 
 COMMANDS = [all_command]

@@ -48,6 +48,8 @@ def scheduler(ctx: click.Context, **options) -> None:
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches [100].")
 @click.option("--proxy", default=None, help="Default proxy, e.g. http://user:pass@host:3128 or socks5://host:1080.")
 @click.option("--timeout", type=float, default=None, help="Default fetch timeout in seconds [120].")
+@click.option("--projectdb", default=None, metavar="URL",
+              help="projectdb URL: the fetcher registers there as a node [sqlite in the data directory].")
 @click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
 @click.pass_context
 @handles_errors
