@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from spiderflow.message import ProjectStatus, StatusPack, Task, Track
 from spiderflow.queues import QUEUE_NAMES, connect_queue
 from spiderflow.scheduler import ControlClient, ThreadedScheduler, serve_control
 from spiderflow.settings import Settings
+from spiderflow.storage import NodeDB
 import test_webui
 from test_webui import add_project, add_task
 
@@ -146,3 +148,21 @@ def test_a_wrong_scheduler_token_counts_as_unreachable(dbs, serve, scheduler):
     _server, client = serve(control=ControlClient(scheduler.client.url, "wrong"))
     status = client.get("/api/projects").json["scheduler"]
     assert status["reachable"] is False and "401" in status["error"]
+
+
+
+def test_nodes_page_and_api_show_the_registry(dbs, client):
+    """Nodes registered in the projectdb database appear, escaped, on /nodes and /api/nodes."""
+    now = time.time()
+    nodedb = NodeDB(dbs.projectdb.engine)
+    nodedb.register({"id": "a1", "name": "fetcher@box:1", "kind": "fetcher", "host": "box", "pid": 1,
+                     "version": "0.1.0", "started_at": now})
+    nodedb.register({"id": "b2", "name": "processor@<script>x", "kind": "processor", "host": "box", "pid": 2,
+                     "version": "0.1.0", "started_at": now - 1000, "last_seen": now - 500})
+    online = client.get("/api/nodes").json["nodes"]
+    assert [n["name"] for n in online] == ["fetcher@box:1"]
+    everyone = client.get("/api/nodes?all=1").json["nodes"]
+    assert [(n["name"], n["status"]) for n in everyone] == [("fetcher@box:1", "online"),
+                                                             ("processor@<script>x", "offline")]
+    page = client.get("/nodes").text
+    assert "fetcher@box:1" in page and "processor@&lt;script&gt;x" in page and "<script>x" not in page

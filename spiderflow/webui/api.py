@@ -18,7 +18,7 @@ from ..scheduler.control import ControlError
 from .base import ApiHandler
 from .debug import build_task
 from .helpers import fail
-from .overview import counters_overview, projects_overview, queue_sizes
+from .overview import counters_overview, list_nodes, projects_overview, queue_sizes
 from .projects import new_project, parse_changes, plan_update, project_json
 from .scheduler_link import SchedulerUnavailable
 
@@ -212,7 +212,8 @@ class QueuesHandler(ApiBase):
 
 
 class NodesHandler(ApiBase):
-    """``GET /api/nodes``: the connected components (filled in by distributed mode)."""
+    """``GET /api/nodes``: the registered nodes; ``?all=1`` includes offline and stopped ones."""
 
-    def get(self) -> None:
-        self.reply({"nodes": []})
+    async def get(self) -> None:
+        include_offline = self.get_query_argument("all", "").lower() not in ("", "0", "false", "no")
+        self.reply({"nodes": await list_nodes(self.state, include_offline)})

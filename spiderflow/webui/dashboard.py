@@ -7,10 +7,12 @@ seconds without a reload.
 
 from __future__ import annotations
 
+import time
+
 from ..message import ProjectStatus
 from ..queues import QUEUE_NAMES
 from .base import PageHandler
-from .overview import counters_overview, projects_overview, queue_sizes
+from .overview import counters_overview, list_nodes, projects_overview, queue_sizes
 
 WINDOWS = ("5m", "1h", "1d", "all")
 #: the dashboard's queue boxes: label → queues summed
@@ -69,5 +71,6 @@ class NodesPage(PageHandler):
         size = await self.state.scheduler.get("size", default=None)
         self.scheduler_status = self.state.scheduler.status
         sizes = queue_sizes(self.state)
-        self.render("nodes.html", active=size, nodes=[], queue_names=QUEUE_NAMES, sizes=sizes,
+        nodes = await list_nodes(self.state, include_offline=True)
+        self.render("nodes.html", active=size, nodes=nodes, now=time.time(), queue_names=QUEUE_NAMES, sizes=sizes,
                     webui_url=self.request.protocol + "://" + self.request.host)

@@ -3,17 +3,20 @@
 :func:`projects_overview` merges projectdb with the scheduler's per-project state;
 :func:`counters_overview` asks the scheduler for its 5m/1h/1d/all counters and, when it
 cannot, counts the tasks in taskdb (an ``all`` window only); :func:`queue_sizes` reads the
-pipeline queues when the web UI was given them.
+pipeline queues when the web UI was given them; :func:`list_nodes` reads the node registry
+(in the projectdb database).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from ..message import TaskStatus
 from ..queues import QUEUE_NAMES
 from ..scheduler.control import ControlError
+from ..storage import NodeDB
 from .projects import LIST_FIELDS, is_locked, project_json
 from .scheduler_link import SchedulerUnavailable
 
@@ -80,3 +83,11 @@ def queue_sizes(state: WebUIState) -> dict[str, int | None] | None:
             logger.debug("cannot size queue %s: %s", name, exc)
             sizes[name] = None
     return sizes
+
+
+async def list_nodes(state: WebUIState, include_offline: bool = True) -> list[dict[str, Any]]:
+    """The registered nodes (online first), read in a worker thread off the loop."""
+    def read() -> list[dict[str, Any]]:
+        return NodeDB(state.projectdb.engine).list(include_offline, timeout=state.settings.node_timeout)
+
+    return await asyncio.get_running_loop().run_in_executor(state.executor, read)
