@@ -178,6 +178,20 @@ class BaseQueue:
             wait = 0
         return out
 
+    def ack_many(self, deliveries: Iterable[Delivery]) -> None:
+        """Acknowledge several deliveries of this queue (in one round trip where the backend can)."""
+        tags = []
+        for d in deliveries:
+            if not d._settled:
+                d._settled = True
+                tags.append(d.tag)
+        if tags:
+            self._ack_many(tags)
+
+    def _ack_many(self, tags: list[Any]) -> None:
+        for tag in tags:
+            self._ack(tag)
+
     def get_many(self, max_items: int, timeout: float | None = 0) -> list[Any]:
         """Like :meth:`receive_many`, with every message acknowledged."""
         deliveries = self.receive_many(max_items, timeout)

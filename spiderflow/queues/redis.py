@@ -443,6 +443,32 @@ class RedisQueue(BaseQueue):
     def _ack(self, tag: bytes | None) -> None:
         self._settle(tag, None)
 
+    def _ack_many(self, tags: list[bytes | None]) -> None:
+        """Ack several deliveries in one pipelined round trip; errors are logged, never raised."""
+        tags = [t for t in tags if t is not None]
+        consumer = self._consumer if self._pid == os.getpid() else None
+        if not tags or consumer is None or self.closed:
+            return
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                for tag in tags:
+                    pipe.lrem(consumer.inflight, 1, tag)
+                found = pipe.execute()
+        except redis.RedisError as exc:
+            logger.warning("queue %s: could not settle %d deliveries (%s); they stay in flight and come "
+                           "back when this consumer closes or dies", self.name, len(tags), exc)
+            return
+        with self._state_lock:
+            for tag in tags:
+                consumer.outstanding[tag] -= 1
+                if consumer.outstanding[tag] <= 0:
+                    del consumer.outstanding[tag]
+        gone = sum(1 for n in found if not n)
+        if gone:
+            logger.warning("queue %s: %d deliveries were no longer in flight when settled: they were handed "
+                           "back after visibility_timeout=%ss and will be delivered again", self.name, gone,
+                           self.visibility_timeout)
+
     def _reject(self, tag: bytes | None, requeue: bool) -> None:
         self._settle(tag, requeue)
 
