@@ -186,14 +186,22 @@ def test_all_stops_on_sigterm_without_orphans(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "spiderflow.cli", "--data-dir", str(data), "all",
                              "--scheduler-port", "0", "--fetcher-num", "2", "--webui-port", str(free_port())],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
     children: set[int] = set()
-    while time.monotonic() < deadline and len(children) < 6:
-        time.sleep(0.2)
-        children = _children(proc.pid)
-    assert len(children) == 6, f"expected 5 component processes and the web UI, saw {children}"
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(children) < 6:
+            time.sleep(0.2)
+            children = _children(proc.pid)
+        assert len(children) == 6, f"expected 5 component processes and the web UI, saw {children}"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:    # a failed check must not leave the crawl running
+            proc.kill()
+            proc.communicate(timeout=30)
+            for pid in children:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-2000:]
     assert "every component stopped" in err
     alive = [pid for pid in children if _alive(pid)]
