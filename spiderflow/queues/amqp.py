@@ -41,9 +41,17 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import _IoloopTimerContext  # pika 1.x; pipelined confirms need it
+from pika.adapters.blocking_connection import (
+    _IoloopTimerContext,  # pika 1.x; pipelined confirms need it
+)
 
-from ..exceptions import ConfigError, QueueEmpty, QueueError, QueueFull, SerializationError, redact_url
+from ..exceptions import (
+    ConfigError,
+    QueueEmpty,
+    QueueError,
+    SerializationError,
+    redact_url,
+)
 from .base import BaseQueue, Delivery
 
 logger = logging.getLogger(__name__)
@@ -338,11 +346,7 @@ class AmqpQueue(BaseQueue):
             if taken:
                 delay = _POLL_MIN
                 continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise QueueFull(f"queue {self.name!r} is full ({self.maxsize})")
-            time.sleep(delay if remaining is None else min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
+            delay = self._wait_for_room(deadline, delay)
 
     def _put(self, item: bytes, timeout: float | None) -> None:
         self._publish([item], timeout)

@@ -126,6 +126,15 @@ class BaseQueue:
             raise QueueClosed(f"queue {self.name!r} is closed")
 
     # -- producer side ---------------------------------------------------------
+    def _wait_for_room(self, deadline: float | None, delay: float) -> float:
+        """For backends that poll for room: sleep *delay* (not past *deadline*) and return
+        the next, doubled delay; raise QueueFull once *deadline* has passed."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise QueueFull(f"queue {self.name!r} is full ({self.maxsize})")
+        time.sleep(delay if remaining is None else min(delay, remaining))
+        return min(delay * 2, _POLL_MAX)
+
     def put(self, msg: Any, timeout: float | None = None) -> None:
         """Put a message, blocking while the queue is full (at most *timeout* seconds)."""
         self._check_open()

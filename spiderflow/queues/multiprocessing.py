@@ -28,7 +28,6 @@ from typing import Any
 from ..exceptions import QueueEmpty, QueueFull
 from .base import BaseQueue
 
-
 #: How long a get that must not wait still waits for messages already put but not yet through
 #: the pipe (a producer's feeder thread writes them a moment after ``put`` returns).
 TRANSIT_WAIT = 0.005

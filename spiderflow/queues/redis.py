@@ -41,7 +41,13 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..exceptions import ConfigError, QueueEmpty, QueueError, QueueFull, SerializationError, redact_url
+from ..exceptions import (
+    ConfigError,
+    QueueEmpty,
+    QueueError,
+    SerializationError,
+    redact_url,
+)
 from .base import BaseQueue, Delivery
 
 logger = logging.getLogger(__name__)
@@ -281,11 +287,7 @@ class RedisQueue(BaseQueue):
             if pushed:
                 delay = _POLL_MIN
                 continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise QueueFull(f"queue {self.name!r} is full ({self.maxsize})")
-            time.sleep(delay if remaining is None else min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
+            delay = self._wait_for_room(deadline, delay)
 
     def _put(self, item: bytes, timeout: float | None) -> None:
         self._push([item], timeout)
