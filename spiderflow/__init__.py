@@ -26,7 +26,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .processor.handler import BaseHandler, catch_status_code_error, config, every, not_send_status
+from .processor.handler import (
+    BaseHandler,
+    catch_status_code_error,
+    config,
+    every,
+    not_send_status,
+)
 from .processor.response import Response
 
 

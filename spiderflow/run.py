@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .exceptions import ConfigError, InvalidProjectName
-from .message import Fetch, Process, ProjectStatus, ResultPack, Task, TaskStatus, validate_project_name
+from .message import (
+    Fetch,
+    Process,
+    ProjectStatus,
+    ResultPack,
+    Task,
+    TaskStatus,
+    validate_project_name,
+)
 from .nodes import dump_threads
 from .queues import BaseQueue, connect_queues
 from .settings import Settings

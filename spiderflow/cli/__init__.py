@@ -79,9 +79,7 @@ def show_config(ctx: click.Context) -> None:
 
 def _register() -> None:
     from . import all as all_cmd
-    from . import webui
-    from . import bench, components, demo_site, export, one, project
-    from . import nodes
+    from . import bench, components, demo_site, export, nodes, one, project, webui
     for module in (one, all_cmd, components, project, export, demo_site, webui, bench, nodes):
         for command in module.COMMANDS:
             main.add_command(command)

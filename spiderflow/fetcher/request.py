@@ -16,7 +16,15 @@ import mimetypes
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import quote, unquote, unquote_to_bytes, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import (
+    quote,
+    unquote,
+    unquote_to_bytes,
+    urlencode,
+    urljoin,
+    urlsplit,
+    urlunsplit,
+)
 
 from ..exceptions import FetchOptionError
 from ..message import Task

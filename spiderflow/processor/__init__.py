@@ -8,7 +8,13 @@ options, ``response`` the Response, ``project`` loading and caching scripts,
 from __future__ import annotations
 
 from .crawl import CRAWL_OPTIONS, CrawlError
-from .handler import BaseHandler, catch_status_code_error, config, every, not_send_status
+from .handler import (
+    BaseHandler,
+    catch_status_code_error,
+    config,
+    every,
+    not_send_status,
+)
 from .processor import Processor, ProcessOutcome
 from .project import Project, ProjectManager, TaskRun, load_project
 from .response import Headers, HTTPError, Response

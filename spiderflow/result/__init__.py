@@ -8,7 +8,12 @@ project's results as JSON, JSON lines or CSV.
 from __future__ import annotations
 
 from .export import EXPORT_FORMATS, export_results
-from .worker import ENTRY_POINT_GROUP, JsonLinesResultWorker, ResultWorker, load_result_worker_class
+from .worker import (
+    ENTRY_POINT_GROUP,
+    JsonLinesResultWorker,
+    ResultWorker,
+    load_result_worker_class,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -27,7 +27,13 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, TextIO
 
-from ..exceptions import ConfigError, QueueClosed, QueueEmpty, QueueError, SerializationError
+from ..exceptions import (
+    ConfigError,
+    QueueClosed,
+    QueueEmpty,
+    QueueError,
+    SerializationError,
+)
 from ..message import ResultPack
 from ..settings import Settings
 

@@ -18,7 +18,16 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..exceptions import StorageError
 from ..message import ResultPack, validate_project_name
-from .base import LONGTEXT, MAX_TASKID, METADATA, MYSQL_TABLE, NAME, TASKID, TEXT, BaseDB
+from .base import (
+    LONGTEXT,
+    MAX_TASKID,
+    METADATA,
+    MYSQL_TABLE,
+    NAME,
+    TASKID,
+    TEXT,
+    BaseDB,
+)
 from .codec import dumps_result, loads_result
 
 SELECT_CHUNK = 1000

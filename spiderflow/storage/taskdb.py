@@ -16,8 +16,26 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..exceptions import StorageError
-from ..message import Fetch, Process, Schedule, Task, TaskStatus, Track, validate_project_name
-from .base import MAX_TASKID, METADATA, MYSQL_TABLE, NAME, TASKID, TEXT, BaseDB, check_fields, chunked
+from ..message import (
+    Fetch,
+    Process,
+    Schedule,
+    Task,
+    TaskStatus,
+    Track,
+    validate_project_name,
+)
+from .base import (
+    MAX_TASKID,
+    METADATA,
+    MYSQL_TABLE,
+    NAME,
+    TASKID,
+    TEXT,
+    BaseDB,
+    check_fields,
+    chunked,
+)
 from .codec import dumps_part, loads_part
 
 FIELDS = ("taskid", "project", "url", "status", "schedule", "fetch", "process", "track",

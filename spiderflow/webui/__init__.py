@@ -11,7 +11,15 @@ dashboard shows; ``scheduler_link`` calls the scheduler's control interface.
 
 from __future__ import annotations
 
-from .app import WebUIServer, WebUIState, build_webui, control_client, make_app, start_webui, webui_url
+from .app import (
+    WebUIServer,
+    WebUIState,
+    build_webui,
+    control_client,
+    make_app,
+    start_webui,
+    webui_url,
+)
 from .auth import check_webui_settings
 
 __all__ = [

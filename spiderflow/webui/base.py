@@ -19,7 +19,15 @@ import tornado.web
 from ..exceptions import InvalidProjectName
 from ..message import validate_project_name
 from ..settings import is_loopback
-from .helpers import error_message, fail, fmt_time, json_script, path_escape, pretty_json, safe_href
+from .helpers import (
+    error_message,
+    fail,
+    fmt_time,
+    json_script,
+    path_escape,
+    pretty_json,
+    safe_href,
+)
 from .projects import is_locked
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ Save (Ctrl-S) patches ``/api/projects/<project>``.
 from __future__ import annotations
 
 from .base import PageHandler
-from .helpers import pretty_json
 from .debug import compact_task, start_task
+from .helpers import pretty_json
 
 
 class DebuggerPage(PageHandler):
