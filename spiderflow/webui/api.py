@@ -17,7 +17,7 @@ from ..message import ProjectStatus, TaskStatus
 from ..scheduler.control import ControlError
 from .base import ApiHandler
 from .debug import build_task
-from .helpers import fail
+from .helpers import fail, task_and_result
 from .overview import counters_overview, list_nodes, projects_overview, queue_sizes
 from .projects import new_project, parse_changes, plan_update, project_json
 from .scheduler_link import SchedulerUnavailable
@@ -183,11 +183,8 @@ class TaskHandler(ApiBase):
     """``GET /api/tasks/<project>/<taskid>``: every field of a task, and its result."""
 
     def get(self, project: str, taskid: str) -> None:
-        project = self.project_name(project)
-        task = self.state.taskdb.get(project, taskid)
-        if task is None:
-            raise fail(404, f"project {project!r} has no task {taskid!r}")
-        self.reply({"task": task, "result": self.state.resultdb.get(project, taskid)})
+        task, result = task_and_result(self.state, self.project_name(project), taskid)
+        self.reply({"task": task, "result": result})
 
 
 class CountersHandler(ApiBase):

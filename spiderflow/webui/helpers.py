@@ -52,3 +52,11 @@ def pretty_json(value: Any) -> str:
 def json_script(value: Any) -> str:
     """JSON to embed in ``<script type="application/json">`` (``</`` is escaped)."""
     return tornado.escape.json_encode(value)
+
+
+def task_and_result(state: Any, project: str, taskid: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A task of taskdb (404 when missing) and its result, for the task page and its API."""
+    task = state.taskdb.get(project, taskid)
+    if task is None:
+        raise fail(404, f"project {project!r} has no task {taskid!r}")
+    return task, state.resultdb.get(project, taskid)

@@ -10,7 +10,7 @@ import urllib.parse
 
 from ..message import TaskStatus
 from .base import PageHandler
-from .helpers import fail
+from .helpers import fail, task_and_result
 
 PAGE_SIZE = 50
 
@@ -42,9 +42,5 @@ class TasksPage(PageHandler):
 
 class TaskPage(PageHandler):
     def get(self, project: str, taskid: str) -> None:
-        project = self.project_name(project)
-        task = self.state.taskdb.get(project, taskid)
-        if task is None:
-            raise fail(404, f"project {project!r} has no task {taskid!r}")
-        result = self.state.resultdb.get(project, taskid)
+        task, result = task_and_result(self.state, self.project_name(project), taskid)
         self.render("task.html", task=task, result=result)
