@@ -225,33 +225,24 @@ def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *
     node = None
     try:
         if kind == "scheduler":
-            scheduler = build_scheduler(settings, queues, dbs)
-            if observe is not None:
-                observe(kind, scheduler)
-            install_stop_signals(scheduler.stop, kind, sigint, grace)
-            node = start_node(kind, settings)  # its stats are read on its loop: _run_scheduler
-            asyncio.run(_run_scheduler(scheduler, control, node))
+            component = build_scheduler(settings, queues, dbs)
         elif kind == "fetcher":
-            fetcher = build_fetcher(settings, queues)
-            if observe is not None:
-                observe(kind, fetcher)
-            install_stop_signals(fetcher.stop, kind, sigint, grace)
-            node = start_node(kind, settings, fetcher)
-            asyncio.run(fetcher.run(burst=burst))
+            component = build_fetcher(settings, queues)
         elif kind == "processor":
-            processor = build_processor(settings, queues, dbs)
-            if observe is not None:
-                observe(kind, processor)
-            install_stop_signals(processor.stop, kind, sigint, grace)
-            node = start_node(kind, settings, processor)
-            processor.run(burst=burst)
+            component = build_processor(settings, queues, dbs)
         else:
-            worker = build_result_worker(settings, queues, dbs)
-            if observe is not None:
-                observe(kind, worker)
-            install_stop_signals(worker.stop, kind, sigint, grace)
-            node = start_node(kind, settings, worker)
-            worker.run(burst=burst)
+            component = build_result_worker(settings, queues, dbs)
+        if observe is not None:
+            observe(kind, component)
+        install_stop_signals(component.stop, kind, sigint, grace)
+        # the scheduler's stats are read on its own loop, in _run_scheduler
+        node = start_node(kind, settings, None if kind == "scheduler" else component)
+        if kind == "scheduler":
+            asyncio.run(_run_scheduler(component, control, node))
+        elif kind == "fetcher":
+            asyncio.run(component.run(burst=burst))
+        else:
+            component.run(burst=burst)
     finally:
         if node is not None:
             node.stop()
