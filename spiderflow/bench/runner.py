@@ -1,7 +1,7 @@
 """Run one bench crawl: set up, watch it with a live progress line a second, and summarise it.
 
-:func:`run_bench` starts the test server in its own process (unless the null fetcher makes
-the pages), stores the workload's project in a temporary data directory, starts the
+:func:`run_bench` starts the bench's site server (:mod:`.server`) in its own process (unless
+the null fetcher makes the pages), stores the workload's project in a temporary data directory, starts the
 components (:class:`~.pipeline.Processes` or :class:`~.inprocess.InProcess`), sends
 ``on_start`` and starts the clock. It polls the stored results ten times a second: a
 ``pyspider`` run ends when every reachable page has its result, a ``scrapy`` run after its
@@ -94,12 +94,13 @@ class _Watch:
 def run_bench(config: BenchConfig, settings: Settings | None = None, out: TextIO | None = sys.stderr) -> Summary:
     """Run one bench crawl and return its summary (progress lines go to *out*, None: quiet)."""
     from ..testing import serve_in_process
+    from .server import serve
 
     settings = settings or Settings()
     with tempfile.TemporaryDirectory(prefix="spiderflow-bench-") as tmp:
         settings = dataclasses.replace(settings, data_dir=tmp, taskdb=None, projectdb=None, resultdb=None,
                                        queue=None)
-        server = None if config.null_fetcher else serve_in_process()
+        server = None if config.null_fetcher else serve_in_process(serve=serve)
         try:
             workload = make_workload(config.workload, server.url if server else NULL_BASE,
                                      config.total, config.show, config.seconds)

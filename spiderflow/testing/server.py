@@ -111,7 +111,7 @@ def serve_in_thread(host: str = "127.0.0.1", port: int = 0) -> TestServer:
     return TestServer(host, port)
 
 
-def _process_main(conn: Any, parent_end: Any, host: str, port: int) -> None:
+def _process_main(conn: Any, parent_end: Any, host: str, port: int, serve: Any) -> None:
     """The server process: report ``("ok", port)`` or ``("error", text)``, then serve."""
     parent_end.close()  # a forked child holds a copy, which would hide the parent's exit
     try:
@@ -126,17 +126,18 @@ def _process_main(conn: Any, parent_end: Any, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         _stop_on_signals(loop, stop)
         loop.add_reader(conn.fileno(), stop.set)  # readable: the parent closed the pipe or died
-        await _serve(sock, stop)
+        await serve(sock, stop)
     asyncio.run(main())
 
 
 class ServerProcess:
     """The app served in its own OS process; see :func:`serve_in_process`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, start_method: str = "spawn") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, start_method: str = "spawn",
+                 serve: Any = None) -> None:
         ctx = multiprocessing.get_context(start_method)
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_process_main, args=(child, self._conn, host, port),
+        self._process = ctx.Process(target=_process_main, args=(child, self._conn, host, port, serve or _serve),
                                     name="spiderflow-test-server", daemon=True)
         self._process.start()
         child.close()
@@ -161,8 +162,10 @@ class ServerProcess:
         return self._process.pid
 
     def stop(self) -> None:
-        """SIGTERM the process (it closes its connections and exits), SIGKILL it if it lingers."""
+        """Close the pipe (the process sees it, closes its connections and exits); SIGTERM it if
+        it has not exited within a second, SIGKILL it if it still lingers."""
         self._conn.close()
+        self._process.join(1.0)
         if self._process.exitcode is None:
             self._process.terminate()
             self._process.join(2 * STOP_TIMEOUT)
@@ -181,13 +184,16 @@ class ServerProcess:
         return f"<ServerProcess {getattr(self, 'url', '-')} pid={self.pid}>"
 
 
-def serve_in_process(host: str = "127.0.0.1", port: int = 0, start_method: str = "spawn") -> ServerProcess:
+def serve_in_process(host: str = "127.0.0.1", port: int = 0, start_method: str = "spawn",
+                     serve: Any = None) -> ServerProcess:
     """Start the test server in its own process; it accepts connections when this returns.
 
-    With the default ``spawn`` start method a calling script needs the usual
-    ``if __name__ == "__main__":`` guard.
+    *serve* replaces the test app: a module-level coroutine function ``serve(sock, stop)``
+    that serves the listening socket until the :class:`asyncio.Event` *stop* is set (the
+    bench passes :func:`spiderflow.bench.server.serve`). With the default ``spawn`` start
+    method a calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
-    return ServerProcess(host, port, start_method)
+    return ServerProcess(host, port, start_method, serve)
 
 
 def main(argv: list[str] | None = None) -> int:
