@@ -177,7 +177,7 @@ def test_simple_client_refuses_proxies_clearly(httpbin):
 
 
 def test_auto_falls_back_without_pycurl(monkeypatch, caplog):
-    monkeypatch.setattr(transport, "CurlAsyncHTTPClient", None)
+    monkeypatch.setattr(transport, "CurlClient", None)
     monkeypatch.setattr(transport, "_warned_fallback", False)
     with caplog.at_level(logging.WARNING, logger="spiderflow.fetcher.transport"):
         fetcher = Fetcher(None, None, SETTINGS)

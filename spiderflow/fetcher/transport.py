@@ -1,7 +1,8 @@
-"""The HTTP side of the fetcher: one tornado client, one request chain per task.
+"""The HTTP side of the fetcher: one HTTP client, one request chain per task.
 
-A :class:`Transport` wraps the fetcher's own ``AsyncHTTPClient`` (``CurlAsyncHTTPClient``
-when pycurl imports, else ``SimpleAsyncHTTPClient`` with a warning) for one event loop.
+A :class:`Transport` owns the fetcher's HTTP client for one event loop: libcurl driven
+directly (:class:`~.curl.CurlClient`) when pycurl imports, else tornado's
+``SimpleAsyncHTTPClient`` with a warning.
 :meth:`Transport.fetch` sends a :class:`~.request.RequestSpec` and follows redirects itself
 (libcurl's FOLLOWLOCATION stays off) so that every hop's Set-Cookie lands in the task's
 cookie jar and robots.txt is checked for every hop. Every failure becomes a FetchResult:
@@ -27,9 +28,9 @@ from .request import REDIRECT_CODES, FetchOptionError, RequestSpec, redirect_tar
 from .robots import RobotsCache
 
 try:
-    from tornado.curl_httpclient import CurlAsyncHTTPClient
+    from .curl import CurlClient, CurlError
 except ImportError:  # pycurl is missing
-    CurlAsyncHTTPClient = None
+    CurlClient = CurlError = None
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def resolve_client_kind(kind: str) -> bool:
         raise ConfigError(f"unknown http_client {kind!r}; use 'auto', 'curl' or 'simple'")
     if kind == "simple":
         return False
-    if CurlAsyncHTTPClient is not None:
+    if CurlClient is not None:
         return True
     if kind == "curl":
         raise ConfigError('http_client="curl" needs pycurl; install it with: pip install pycurl')
@@ -62,10 +63,10 @@ def _not_our_abort(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], BodyLimitReached))
 
 
-def make_client(use_curl: bool, max_clients: int) -> AsyncHTTPClient:
-    """A new client of our own (``force_instance``) on the running loop."""
+def make_client(use_curl: bool, max_clients: int) -> CurlClient | AsyncHTTPClient:
+    """A new client of our own on the running loop (tornado's: ``force_instance``)."""
     if use_curl:
-        return CurlAsyncHTTPClient(force_instance=True, max_clients=max_clients)
+        return CurlClient(max_clients)
     # The simple client can only be stopped mid-body by an exception from the streaming
     # callback, which tornado logs as uncaught: keep our deliberate aborts out of the log.
     app_log = logging.getLogger("tornado.application")
@@ -78,6 +79,8 @@ def make_client(use_curl: bool, max_clients: int) -> AsyncHTTPClient:
 def _error_text(error: BaseException | None) -> str:
     if error is None:
         return "no HTTP response"
+    if CurlError is not None and isinstance(error, CurlError):
+        return str(error)
     if isinstance(error, HTTPStreamClosedError):
         return "the connection closed before a complete response"
     if isinstance(error, HTTPClientError):  # CurlError, HTTPTimeoutError, HTTPStreamClosedError
@@ -96,14 +99,7 @@ class Transport:
         self.robots = robots
 
     def close(self) -> None:
-        client = self.client
-        client.close()
-        # Closing libcurl handles still mid-transfer (after a cold stop) makes libcurl ask for
-        # one more timer, which would fire on the closed client and log an AttributeError.
-        timer = getattr(client, "_timeout", None)
-        if timer is not None:
-            client.io_loop.remove_timeout(timer)
-            client._timeout = None
+        self.client.close()
 
     async def fetch(self, spec: RequestSpec, jar: CookieJar | None, orig_url: str) -> FetchResult:
         """Send *spec*, following redirects; never raises for HTTP or network failures."""
@@ -159,23 +155,22 @@ class Transport:
         proxy = spec.proxy
         sink = ResponseSink(spec.max_body_size, spec.use_gzip, no_proxy=proxy is None,
                             proxy_insecure=proxy is not None and proxy.scheme == "https" and not spec.validate_cert)
-        if self.use_curl:
-            callbacks = {"prepare_curl_callback": sink.prepare_curl}
-        else:
-            callbacks = {"header_callback": sink.header_line, "streaming_callback": sink.simple_write}
+        connect_timeout = min(spec.connect_timeout, timeout)
         try:
-            # (tornado's fetch() copies the headers into its own HTTPHeaders: spec.headers stays as is)
-            request = HTTPRequest(
-                spec.url, method=spec.method, headers=spec.headers, body=spec.body,
-                connect_timeout=min(spec.connect_timeout, timeout), request_timeout=timeout,
-                follow_redirects=False, decompress_response=False, validate_cert=spec.validate_cert,
-                allow_nonstandard_methods=True,
-                proxy_host=proxy.host if proxy else None, proxy_port=proxy.port if proxy else None,
-                proxy_username=proxy.username if proxy else None,
-                proxy_password=proxy.password if proxy else None,
-                **callbacks,
-            )
-            response = await self.client.fetch(request, raise_error=False)
+            if self.use_curl:
+                await self.client.fetch(spec.url, spec.method, spec.headers, spec.body, connect_timeout, timeout,
+                                        spec.validate_cert, proxy, sink.prepare_curl)
+                response = None
+            else:
+                # (tornado's fetch() copies the headers into its own HTTPHeaders: spec.headers stays as is)
+                request = HTTPRequest(
+                    spec.url, method=spec.method, headers=spec.headers, body=spec.body,
+                    connect_timeout=connect_timeout, request_timeout=timeout,
+                    follow_redirects=False, decompress_response=False, validate_cert=spec.validate_cert,
+                    allow_nonstandard_methods=True, header_callback=sink.header_line,
+                    streaming_callback=sink.simple_write,
+                )
+                response = await self.client.fetch(request, raise_error=False)
         except Exception as exc:
             # transport failures raise even with raise_error=False; so does our own abort
             # (a body cut at the limit, or one that does not decode)
@@ -183,7 +178,7 @@ class Transport:
                 return sink, None
             return sink, sink.error or _error_text(exc)
         if not sink.status:  # pragma: no cover - a response without a status line
-            return sink, _error_text(response.error)
+            return sink, _error_text(response.error if response is not None else None)
         return sink, None
 
     async def _robots_allow(self, spec: RequestSpec) -> bool:
