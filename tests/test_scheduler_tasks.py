@@ -7,6 +7,7 @@ import logging
 import pytest
 from test_scheduler import Harness, urls
 
+from spiderflow.exceptions import StorageError
 from spiderflow.message import Fetch, Process, Schedule, StatusPack, Task, Track
 
 
@@ -122,6 +123,60 @@ def test_requests_see_batched_writes(h):
     h.run()
     assert h.sent_normal() == []                   # crawled just now: no restart
     assert h.db(task.taskid)["status"] == "SUCCESS" and h.db(task.taskid)["lastcrawltime"] == now
+
+
+def _record_writes(h, monkeypatch, fail_combined: bool = False) -> list[tuple[int, int]]:
+    """Log each taskdb write (insert_many and update_many use write_many) as (inserts, updates).
+
+    With *fail_combined*, a batch of both fails.
+    """
+    calls: list[tuple[int, int]] = []
+    write_many = h.taskdb.write_many
+
+    def logged(inserts=(), updates=()):
+        inserts, updates = list(inserts), list(updates)
+        calls.append((len(inserts), len(updates)))
+        if fail_combined and inserts and updates:
+            raise StorageError("combined batch refused by the test")
+        return write_many(inserts=inserts, updates=updates)
+
+    monkeypatch.setattr(h.taskdb, "write_many", logged)
+    return calls
+
+
+def _page_done_with_links(h):
+    """Dispatch one task; answer it with two new links and its status pack, as a processor would."""
+    h.new("http://a/1")
+    h.run()
+    (task,) = h.sent_normal()
+    h.new("http://a/2")
+    h.new("http://a/3")
+    h.answer(task)
+    return task
+
+
+def test_status_updates_and_new_tasks_are_one_transaction(h, monkeypatch):
+    h.add_project()
+    h.start("p")
+    task = _page_done_with_links(h)
+    calls = _record_writes(h, monkeypatch)
+    h.run()
+    assert calls == [(2, 1)]
+    assert h.status(task.taskid) == "SUCCESS" and h.taskdb.count("p") == 3
+    assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3"]
+
+
+def test_a_failed_combined_batch_is_stored_apart(h, monkeypatch, caplog):
+    h.add_project()
+    h.start("p")
+    task = _page_done_with_links(h)
+    calls = _record_writes(h, monkeypatch, fail_combined=True)
+    with caplog.at_level(logging.WARNING):
+        h.run()
+    assert calls == [(2, 1), (0, 1), (2, 0)]
+    assert "storing them apart" in caplog.text
+    assert h.status(task.taskid) == "SUCCESS" and h.taskdb.count("p") == 3
+    assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3"]
 
 
 def test_force_update_restarts_and_is_postponed_while_in_flight(h, caplog):

@@ -6,6 +6,7 @@ each test; SQLite gets a fresh file per test.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import random
 import time
@@ -33,7 +34,7 @@ from spiderflow.message import (
     Track,
 )
 from spiderflow.storage.base import META, METADATA
-from spiderflow.storage.taskdb import active_queries
+from spiderflow.storage.taskdb import TASKS, active_queries
 
 BAD_NAME = "p'; drop table x; --"
 needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
@@ -278,6 +279,83 @@ def test_bad_task_values_are_storage_errors(taskdb):
     with pytest.raises(StorageError, match="proj/t"):
         taskdb.insert(Task(taskid="t", project="proj", url="http://x/", fetch=Fetch(save=object())))
     assert taskdb.count("proj") == 0
+
+
+def test_write_many_inserts_and_updates_in_one_transaction(taskdb):
+    old = [make_task(f"http://old/{i}") for i in range(3)]
+    taskdb.insert_many(old)
+    for t in old:
+        t.status = TaskStatus.SUCCESS
+        t.lastcrawltime = 77.0
+    new = [make_task(f"http://new/{i}") for i in range(4)]
+    assert taskdb.write_many(inserts=new + old[:1], updates=old + [make_task("http://missing/")]) == (4, 3)
+    assert [taskdb.get_task("proj", t.taskid) for t in old + new] == old + new
+    assert taskdb.write_many() == (0, 0)
+    both = make_task("http://both/")
+    assert taskdb.write_many(inserts=[both], updates=[both]) == (1, 0)     # the updates go first
+    bad = Task(taskid="x" * 300, project="proj", url="http://x/")
+    old[0].status = TaskStatus.BAD
+    with pytest.raises(StorageError, match="task id"):
+        taskdb.write_many(inserts=[make_task("http://never/"), bad], updates=[old[0]])
+    assert taskdb.count("proj") == 8                                  # nothing of the failed batch
+    assert taskdb.get_task("proj", old[0].taskid).status is TaskStatus.SUCCESS
+
+
+def _table(db) -> list[tuple]:
+    with db.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(TASKS).order_by(TASKS.c.project, TASKS.c.taskid))]
+
+
+def test_sqlite_driver_path_matches_sqlalchemy_path(tmp_path):
+    """SQLite's straight-to-the-driver writes and reads give what SQLAlchemy's path gives."""
+    fast = storage.connect_taskdb(f"sqlite:///{tmp_path}/fast.db")
+    slow = storage.connect_taskdb(f"sqlite:///{tmp_path}/slow.db")
+    slow._sqlite = False                                      # the path PostgreSQL and MySQL take
+    try:
+        tasks = [full_task(), make_task("http://x/1", priority=-3, exetime=5),
+                 Task(taskid="int-times", project="proj", url="http://x/2", lastcrawltime=3, updatetime=4),
+                 make_task("http://other/", project="other")]
+        updated = [dataclasses.replace(tasks[1], status=TaskStatus.FAILED, lastcrawltime=9, updatetime=10),
+                   make_task("http://missing/")]
+        extra = make_task("http://x/3")
+        for db in (fast, slow):
+            assert db.write_many(inserts=tasks) == (len(tasks), 0)
+            assert db.write_many(inserts=tasks[:2] + [extra], updates=updated) == (1, 1)
+        assert _table(fast) == _table(slow)
+        assert [type(v) for v in _table(fast)[0]] == [type(v) for v in _table(slow)[0]]
+        ids = [t.taskid for t in tasks] + ["nope", tasks[0].taskid]
+        for fields in (None, ["taskid", "status", "lastcrawltime"], ["schedule"], ["track", "url"]):
+            assert fast.get_many("proj", ids, fields) == slow.get_many("proj", ids, fields)
+        many = [f"id{i}" for i in range(1200)]                # several IN chunks
+        for db in (fast, slow):
+            db.insert_many([Task(taskid=i, project="proj", url="http://m/") for i in many[::3]])
+        assert fast.get_many("proj", many, ["taskid"]) == slow.get_many("proj", many, ["taskid"])
+        assert len(fast.get_many("proj", many, ["taskid"])) == 400
+        assert fast.get_many("proj", []) == {}
+    finally:
+        fast.close()
+        slow.close()
+        storage.dispose_engines()
+
+
+def test_sqlite_driver_transaction_rolls_back_on_error(tmp_path):
+    db = storage.connect_taskdb(f"sqlite:///{tmp_path}/t.db")
+    try:
+        with pytest.raises(StorageError, match=r"taskdb test failed on .*OperationalError"):
+            with db._sqlite_transaction("test", write=True) as cursor:
+                cursor.execute("DELETE FROM spiderflow_meta")
+                cursor.execute("SELECT * FROM no_such_table")
+        with pytest.raises(KeyError):
+            with db._sqlite_transaction("test", write=True) as cursor:
+                cursor.execute("DELETE FROM spiderflow_meta")
+                raise KeyError("not a database error")
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(META)).scalar() == 1
+        db.insert(make_task("http://after/"))                  # the pool's connection is usable again
+        assert db.count("proj") == 1
+    finally:
+        db.close()
+        storage.dispose_engines()
 
 
 def test_sqlite_load_active_uses_index(tmp_path):

@@ -8,7 +8,8 @@ project remembers as stored (``ProjectState.known``, up to ``known_taskids``) is
 without the lookup, as the lookup would have ignored it. New tasks are stored with one
 ``insert_many``. An old task is restarted when its itag changed, its age expired (after a
 crawl), or force_update is set; cancel marks it BAD; a restart of a task in flight waits
-until the task returns. On a reliable queue (redis, amqp) requests are acknowledged only
+until the task returns. The new tasks are stored in one transaction with the batched
+updates (the status packs of this pass). On a reliable queue (redis, amqp) requests are acknowledged only
 once stored in taskdb: those a killed scheduler had taken come back (their parent may
 already be SUCCESS, so nothing else would request them again).
 """
@@ -186,7 +187,7 @@ class NewTasks:
         if dropped:
             logger.warning("project %s: inqueue limit %d reached; dropped %d new tasks", p.name, limit, dropped)
         if inserts:
-            stored_tasks = self._store("insert_many", list(inserts.values()))
+            stored_tasks = self._insert(list(inserts.values()))
             if len(stored_tasks) < len(inserts):
                 kept = {t.taskid for t in stored_tasks}
                 for taskid in [t for t in inserts if t not in kept]:

@@ -271,7 +271,7 @@ class Scheduler(NewTasks, Operations):
                     and not any(t.taskid == "_on_get_info" for t in p.specials):
                 logger.warning("project %s: no _on_get_info answer yet; asking again", p.name)
                 self._request_info(p, now)
-        self._flush()
+        # the writes stay batched: check requests stores them with its new tasks, in one transaction
 
     def _on_status_msgs(self, msgs: Iterable[Any], now: float) -> None:
         for msg in msgs:
@@ -576,6 +576,24 @@ class Scheduler(NewTasks, Operations):
             tasks = list(self._pending.values())
             self._pending.clear()
             self._store("update_many", tasks)
+
+    def _insert(self, tasks: list[Task]) -> list[Task]:
+        """Insert new *tasks* and the batched updates in one transaction; returns the tasks stored.
+
+        If that transaction fails, the updates are flushed and the tasks inserted apart, by
+        :meth:`_store`, which drops just the bad tasks.
+        """
+        if self._pending:
+            try:
+                self.taskdb.write_many(inserts=tasks, updates=list(self._pending.values()))
+            except StorageError as exc:
+                logger.warning("cannot store %d new tasks with %d updates in one batch (%s); storing them apart",
+                               len(tasks), len(self._pending), exc)
+            else:
+                self._pending.clear()
+                return tasks
+            self._flush()
+        return self._store("insert_many", tasks)
 
     def _store(self, op: str, tasks: list[Task]) -> list[Task]:
         """Write *tasks* in one batch; if the batch fails, one by one, dropping the bad ones."""

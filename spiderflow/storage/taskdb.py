@@ -4,11 +4,15 @@ One row per (project, taskid). ``schedule``, ``fetch``, ``process`` and ``track`
 text (see :mod:`.codec`); ``priority`` and ``exetime`` are copied into columns so that
 :meth:`TaskDB.load_active` pages through ACTIVE tasks in scheduling order (priority DESC,
 exetime, taskid) on one index, seeking to each page's start instead of skipping rows.
-Inserts skip tasks that already exist; the scheduler writes in batches.
+Inserts skip tasks that already exist; the scheduler writes in batches (:meth:`TaskDB.write_many`:
+its updates and new tasks in one transaction). On SQLite, batch writes and ``get_many``
+go straight to the driver on a pooled connection, with statements compiled once.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,12 +83,15 @@ class TaskDB(BaseDB):
 
     def __init__(self, engine: sa.Engine):
         super().__init__(engine)
-        self._driver_plans: dict[int, tuple[str, list]] = {}
         self._insert_stmt = self._build_insert()
         self._update_stmt = (TASKS.update()
                              .where(_c.project == _KEY_PARAMS["b_project"], _c.taskid == _KEY_PARAMS["b_taskid"])
                              .values({name: sa.bindparam(name) for name in _ROW_COLUMNS})
                              .execution_options(preserve_rowcount=True))
+        self._sqlite = self.dialect == "sqlite"
+        if self._sqlite:
+            self._insert_plan = _DriverPlan(self._insert_stmt, engine.dialect)
+            self._update_plan = _DriverPlan(self._update_stmt, engine.dialect)
 
     def _build_insert(self) -> sa.Insert:
         if self.dialect == "postgresql":
@@ -108,11 +115,7 @@ class TaskDB(BaseDB):
 
         Returns how many rows were inserted.
         """
-        rows = [_task_row(t) for t in tasks]
-        if not rows:
-            return 0
-        with self._write("insert_many") as conn:
-            return self._executemany(conn, self._insert_stmt, rows)
+        return self.write_many(inserts=tasks)[0]
 
     def update(self, task: Task) -> bool:
         """Write every column of *task*; False if there is no such task."""
@@ -123,35 +126,32 @@ class TaskDB(BaseDB):
 
         Returns how many rows matched.
         """
-        rows = []
-        for task in tasks:
+        return self.write_many(updates=tasks)[1]
+
+    def write_many(self, inserts: Iterable[Task] = (), updates: Iterable[Task] = ()) -> tuple[int, int]:
+        """:meth:`update_many` of *updates*, then :meth:`insert_many` of *inserts*, in one transaction.
+
+        Returns (rows inserted, rows matched by the updates). Nothing is written unless
+        every task can be.
+        """
+        ups = []
+        for task in updates:
             row = _task_row(task)
             row["b_project"], row["b_taskid"] = row.pop("project"), row.pop("taskid")
-            rows.append(row)
-        if not rows:
-            return 0
-        with self._write("update_many") as conn:
-            return self._executemany(conn, self._update_stmt, rows)
-
-    def _executemany(self, conn: sa.Connection, stmt: Any, rows: list[dict[str, Any]]) -> int:
-        """Run *stmt* once per row; returns the rows it changed.
-
-        On SQLite the statement is compiled once and the rows go straight to the driver's
-        ``executemany`` as tuples, through the same bind processors SQLAlchemy would apply:
-        the per-row parameter handling of ``Connection.execute`` costs more than the insert.
-        Other databases keep SQLAlchemy's path (PostgreSQL's batches rows into one INSERT).
-        """
-        if self.dialect != "sqlite":
-            return conn.execute(stmt, rows).rowcount
-        plan = self._driver_plans.get(id(stmt))
-        if plan is None:
-            compiled = stmt.compile(dialect=conn.dialect)
-            processors = compiled._bind_processors
-            names = compiled.positiontup or ()
-            plan = self._driver_plans[id(stmt)] = (compiled.string, [(n, processors.get(n)) for n in names])
-        sql, order = plan
-        params = [tuple(row[n] if p is None or row[n] is None else p(row[n]) for n, p in order) for row in rows]
-        return conn.exec_driver_sql(sql, params, execution_options={"preserve_rowcount": True}).rowcount
+            ups.append(row)
+        ins = [_task_row(t) for t in inserts]
+        if not ins and not ups:
+            return 0, 0
+        op = "write_many" if ins and ups else "insert_many" if ins else "update_many"
+        if self._sqlite:
+            # straight to the driver: the per-row parameter handling of Connection.execute
+            # and the per-transaction set-up cost more than the statements themselves
+            with self._sqlite_transaction(op, write=True) as cursor:
+                matched = self._update_plan.run(cursor, ups) if ups else 0
+                return (self._insert_plan.run(cursor, ins) if ins else 0), matched
+        with self._write(op) as conn:
+            matched = conn.execute(self._update_stmt, ups).rowcount if ups else 0
+            return (conn.execute(self._insert_stmt, ins).rowcount if ins else 0), matched
 
     def drop(self, project: str) -> int:
         """Delete every task of *project*; returns how many."""
@@ -179,9 +179,19 @@ class TaskDB(BaseDB):
         """``{taskid: dict}`` for the tasks that exist (see :meth:`get`)."""
         validate_project_name(project)
         cols = _columns(fields)
+        ids = list(dict.fromkeys(taskids))
         out: dict[str, dict] = {}
+        if not ids:
+            return out
+        if self._sqlite:     # the scheduler's dedupe lookup: straight to the driver, as writes
+            names = tuple(col.name for col in cols)
+            with self._sqlite_transaction("get_many", write=False) as cursor:
+                for chunk in chunked(ids, IN_CHUNK):
+                    for row in cursor.execute(_sqlite_get_many_sql(names, len(chunk)), (project, *chunk)):
+                        out[row[0]] = _row_dict(row, cols)
+            return out
         with self._read("get_many") as conn:
-            for chunk in chunked(list(dict.fromkeys(taskids)), IN_CHUNK):
+            for chunk in chunked(ids, IN_CHUNK):
                 query = sa.select(*cols).where(_c.project == project, _c.taskid.in_(chunk))
                 for row in conn.execute(query):
                     out[row.taskid] = _row_dict(row, cols)
@@ -269,6 +279,51 @@ def active_queries(project: str, after: tuple | None) -> list[sa.Select]:
         base.where(_c.priority < priority).order_by(*_ORDER),
     ]
 
+
+class _DriverPlan:
+    """A statement compiled once for SQLite's driver, run with ``executemany`` on row tuples.
+
+    The rows go through the same bind processors SQLAlchemy would apply (floats for the
+    time columns).
+    """
+
+    def __init__(self, stmt: Any, dialect: sa.Dialect):
+        compiled = stmt.compile(dialect=dialect)
+        names = compiled.positiontup or ()
+        self.sql = compiled.string
+        self.values = operator.itemgetter(*names)
+        processors = compiled._bind_processors
+        self.processed = tuple((i, processors[n]) for i, n in enumerate(names) if n in processors)
+
+    def run(self, cursor: Any, rows: list[dict[str, Any]]) -> int:
+        """Execute for every row; returns the rows changed."""
+        values, processed = self.values, self.processed
+        params = []
+        for row in rows:
+            row_values = values(row)
+            if processed:
+                row_values = list(row_values)
+                for i, process in processed:
+                    if row_values[i] is not None:
+                        row_values[i] = process(row_values[i])
+            params.append(row_values)
+        cursor.executemany(self.sql, params)
+        return cursor.rowcount
+
+
+def _sqlite_get_many_sql(names: tuple[str, ...], count: int) -> str:
+    """SQLite's text of get_many's query for the columns *names* and *count* taskids."""
+    return f"{_sqlite_select_sql(names)} AND {_SQLITE_TASKID} IN ({', '.join('?' * count)})"
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_select_sql(names: tuple[str, ...]) -> str:
+    """``SELECT`` of the columns *names* of one project's tasks, in SQLite's SQL."""
+    query = sa.select(*(_c[name] for name in names)).where(_c.project == sa.bindparam("project"))
+    return str(query.compile(dialect=sqlite.dialect()))
+
+
+_SQLITE_TASKID = str(_c.taskid.compile(dialect=sqlite.dialect()))
 
 _ROW_COLUMNS = ("url", "status", "priority", "exetime", "schedule", "fetch", "process", "track",
                 "lastcrawltime", "updatetime")
