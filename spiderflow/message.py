@@ -475,8 +475,9 @@ def _compile(cls: type) -> None:
         if types is _ANY:
             body.append("    else:")
         else:
-            ns[f"_t{i}"] = frozenset(_flatten(types))
-            body.append(f"    elif type(v) in _t{i}:")
+            accepted = _flatten(types)
+            ns[f"_t{i}"] = accepted[0] if len(accepted) == 1 else frozenset(accepted)
+            body.append(f"    elif type(v) {'is' if len(accepted) == 1 else 'in'} _t{i}:")
         body.append(f"        o.{fname} = v")
         if types is not _ANY:
             body.append("    else:")
@@ -572,9 +573,14 @@ def pack(msg: Message | tuple) -> bytes:
 
 
 def _decode_one(item: Any):
-    if not (isinstance(item, list) and len(item) == 2 and item[0] in MESSAGE_TYPES):
+    cls = MESSAGE_TYPES.get(item[0]) if isinstance(item, list) and len(item) == 2 and type(item[0]) is str else None
+    if cls is None:
         raise SerializationError(f"not a tagged spiderflow message: {item!r:.80}")
-    return MESSAGE_TYPES[item[0]].from_dict(item[1])
+    try:
+        obj = cls._fast_from_dict(item[1])    # what from_dict does first, without its calls around it
+        return cls.from_dict(item[1]) if obj is _SLOW else obj
+    except InvalidProjectName as exc:         # bytes decode to a message or raise SerializationError
+        raise SerializationError(str(exc)) from exc
 
 
 def unpack(data: bytes) -> Message | tuple:

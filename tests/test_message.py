@@ -9,6 +9,8 @@ import pytest
 
 from spiderflow.exceptions import InvalidProjectName, SerializationError
 from spiderflow.message import (
+    _SLOW,
+    MESSAGE_TYPES,
     SCHEMA_VERSION,
     SPECIAL_TASKS,
     Fetch,
@@ -160,3 +162,95 @@ def test_special_tasks():
 
 def test_schema_version_is_in_every_envelope():
     assert msgpack.unpackb(pack(full_task()))["v"] == SCHEMA_VERSION
+
+
+# -- the fast decoders agree with the checked one ----------------------------------
+
+def _link() -> dict:
+    return {"taskid": "a" * 32, "project": "bench", "url": "http://x/?n=1", "process": {"callback": "index_page"},
+            "updatetime": 1.5}
+
+
+DECODE_CASES = [
+    ("task", _link()),
+    ("task", full_task().to_dict()),
+    ("task", full_task()._wire()),
+    ("task", {**_link(), "status": "SUCCESS", "lastcrawltime": 3}),
+    ("task", {**_link(), "status": "DONE"}),
+    ("task", {**_link(), "status": 1}),
+    ("task", {k: v for k, v in _link().items() if k != "taskid"}),
+    ("task", {**_link(), "taskid": None}),
+    ("task", {**_link(), "taskid": 7}),
+    ("task", {**_link(), "project": "no spaces"}),
+    ("task", {**_link(), "project": None}),
+    ("task", {k: v for k, v in _link().items() if k != "url"}),
+    ("task", {**_link(), "url": b"http://x/"}),
+    ("task", {**_link(), "schedule": {"priority": True}}),
+    ("task", {**_link(), "schedule": {"exetime": 5, "age": 1.5, "itag": None}}),
+    ("task", {**_link(), "schedule": {"itag": 3}}),
+    ("task", {**_link(), "schedule": [1]}),
+    ("task", {**_link(), "schedule": None, "fetch": None, "track": None}),
+    ("task", {**_link(), "fetch": {"headers": [], "method": "GET"}}),
+    ("task", {**_link(), "fetch": {"proxy": False, "etag": "x", "timeout": True}}),
+    ("task", {**_link(), "track": {"fetch": None}}),
+    ("task", {**_link(), "process": {"time_limit": "5"}}),
+    ("task", {**_link(), "lastcrawltime": True}),
+    ("task", {**_link(), "updatetime": "now"}),
+    ("task", {**_link(), "newer_field": {"x": 1}}),
+    ("task", [1, 2]),
+    ("task", "text"),
+    ("status", {"taskid": "t", "project": "p", "url": "u", "track": {"fetch": {"ok": True}, "process": {}},
+                "schedule": {}}),
+    ("status", {"taskid": "t", "project": "p", "url": "u"}),
+    ("status", {"taskid": "t", "project": "p", "url": "u", "schedule": None}),
+    ("status", {"taskid": "t", "project": "p", "url": "u", "track": {"process": []}}),
+    ("status", {"project": "p", "url": "u"}),
+    ("status", {"taskid": "t", "project": "-p", "url": "u"}),
+    ("result", {"project": "p", "taskid": "t", "url": "u", "result": {"a": [1]}, "updatetime": 2}),
+    ("result", {"project": "p", "taskid": "t", "url": 5}),
+    ("fetch_result", {"status_code": 200, "url": "u", "content": b"x", "truncated": 1}),
+    ("fetch_result", {"status_code": 200, "url": "u", "headers": {"a": "b"}, "time": 0}),
+]
+
+
+def _outcome(decode):
+    try:
+        obj = decode()
+    except (SerializationError, InvalidProjectName) as exc:
+        return "error", type(exc), str(exc)
+    return "ok", obj, type(obj), type(getattr(obj, "status", None))
+
+
+@pytest.mark.parametrize("tag, data", DECODE_CASES)
+def test_fast_decoders_decode_as_the_checked_decoder(tag, data, monkeypatch):
+    """from_dict and unpack give the message, or raise the error, that the checked decoder does.
+
+    A bad project name is InvalidProjectName from from_dict, SerializationError from unpack
+    (what a queue drops as malformed).
+    """
+    cls = MESSAGE_TYPES[tag]
+    wire = msgpack.packb({"v": SCHEMA_VERSION, "k": "one", "b": [tag, data]}, use_bin_type=True)
+    from_dict, unpacked = _outcome(lambda: cls.from_dict(data)), _outcome(lambda: unpack(wire))
+    for message_class in (Schedule, Fetch, Process, Track, *MESSAGE_TYPES.values()):
+        monkeypatch.setattr(message_class, "_fast_from_dict", staticmethod(lambda data: _SLOW))
+    expected = _outcome(lambda: cls.from_dict(data))        # every field of every part checked
+    assert from_dict == expected
+    if expected[:2] == ("error", InvalidProjectName):
+        expected = ("error", SerializationError, expected[2])
+    assert unpacked == expected
+
+
+def test_decode_cases_cover_the_fast_path():
+    fast = 0
+    for tag, data in DECODE_CASES:
+        try:
+            fast += MESSAGE_TYPES[tag]._fast_from_dict(data) is not _SLOW
+        except (SerializationError, InvalidProjectName):
+            fast += 1
+    assert 10 < fast < len(DECODE_CASES) - 10     # many decoded fast, many left to the checked decoder
+
+
+@pytest.mark.parametrize("tag", [[1], {"a": 1}, None, 5])
+def test_unhashable_or_odd_tags_are_serialization_errors(tag):
+    with pytest.raises(SerializationError, match="not a tagged spiderflow message"):
+        unpack(msgpack.packb({"v": SCHEMA_VERSION, "k": "one", "b": [tag, {}]}))
