@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import random
+import threading
 import time
 
 import pytest
@@ -358,6 +359,33 @@ def test_sqlite_driver_transaction_rolls_back_on_error(tmp_path):
         storage.dispose_engines()
 
 
+def test_sqlite_hot_path_connection_is_shared_by_threads_and_returned_on_close(tmp_path):
+    url = f"sqlite:///{tmp_path}/t.db"
+    db, other = storage.connect_taskdb(url), storage.connect_taskdb(url)
+    try:
+        assert db.engine is other.engine
+
+        def work(worker: int) -> None:
+            for batch in range(20):
+                tasks = [make_task(f"http://t{worker}/{batch}/{i}") for i in range(10)]
+                assert db.insert_many(tasks) == 10
+                assert len(db.get_many("proj", [t.taskid for t in tasks], ["taskid"])) == 10
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert db.count("proj") == 4 * 20 * 10
+        assert db.engine.pool.checkedout() == 1         # the one connection it keeps
+        db.close()
+        assert other.engine.pool.checkedout() == 0
+    finally:
+        db.close()
+        other.close()
+        storage.dispose_engines()
+
+
 def test_sqlite_load_active_uses_index(tmp_path):
     db = storage.connect_taskdb(f"sqlite:///{tmp_path}/t.db")
     try:
@@ -479,8 +507,10 @@ def _write_tasks(url: str, worker: int) -> None:
 
 
 def _use_inherited(db) -> None:
+    inherited = db._held
     db.insert_many([make_task(f"http://child/{i}") for i in range(50)])
     assert db.count("proj") == 51
+    assert db._held is None or db._held is not inherited       # never the parent's connection
     db.close()
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -66,6 +67,9 @@ class BaseDB:
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self._pid = os.getpid()
         self._closed = False
+        self._held: Any = None              # a pooled SQLite connection kept for the hot path
+        self._held_lock = threading.Lock()
+        self._inherited_held: Any = None    # a parent's, after a fork: kept, never used or closed
         self._ensure_schema()
 
     def __repr__(self) -> str:
@@ -75,12 +79,22 @@ class BaseDB:
         """Release this database's share of the engine (the last user disposes it)."""
         if not self._closed:
             self._closed = True
+            self._release_held()
             release_engine(self.engine)
+
+    def _release_held(self) -> None:
+        """Return the held SQLite connection to the pool."""
+        with self._held_lock:
+            held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     # -- connections -----------------------------------------------------------
     def _after_fork(self) -> None:
         """Used in a forked child: leave the parent's connections alone, use our own engine."""
         self._pid = os.getpid()
+        self._held_lock = threading.Lock()
+        self._inherited_held, self._held = self._held, None
         inherited = self.engine
         if isinstance(inherited.pool, StaticPool):
             return  # sqlite:// lives in this process's memory: the inherited copy is ours
@@ -112,34 +126,38 @@ class BaseDB:
 
     @contextlib.contextmanager
     def _sqlite_transaction(self, op: str, write: bool) -> Iterator[Any]:
-        """One SQLite transaction on a DBAPI cursor of the engine's pool, committed on success.
+        """One SQLite transaction on a DBAPI cursor, committed on success.
 
         For hot batches: it skips SQLAlchemy's per-call work (Connection, execution context,
-        the ``begin`` event), and begins as that event does, ``BEGIN IMMEDIATE`` when
-        *write*. On any error the transaction is rolled back; driver errors leave as
-        StorageError, like those of :meth:`_write`.
+        the ``begin`` event, pool checkout) on a connection of the engine's pool that this
+        database keeps checked out, one transaction at a time (a lock serializes threads).
+        It begins as the ``begin`` event does, ``BEGIN IMMEDIATE`` when *write*. On any
+        error the transaction is rolled back; after a driver error the connection goes back
+        to the pool and the error leaves as StorageError, like those of :meth:`_write`.
         """
         if self._pid != os.getpid():
             self._after_fork()
-        try:
-            conn = self.engine.raw_connection()
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._error(op, exc) from exc
-        dbapi = conn.dbapi_connection
-        try:
-            cursor = dbapi.cursor()
-            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            yield cursor
-            dbapi.commit()
-        except BaseException as exc:
-            if dbapi.in_transaction:
-                with contextlib.suppress(sqlite3.Error):   # the first error is the one to report
-                    dbapi.rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise self._error(op, exc) from exc
-            raise
-        finally:
-            conn.close()      # back to the pool
+        with self._held_lock:
+            if self._held is None:
+                try:
+                    self._held = self.engine.raw_connection()
+                except sa.exc.SQLAlchemyError as exc:
+                    raise self._error(op, exc) from exc
+            dbapi = self._held.dbapi_connection
+            try:
+                cursor = dbapi.cursor()
+                cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield cursor
+                dbapi.commit()
+            except BaseException as exc:
+                if dbapi.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):   # the first error is the one to report
+                        dbapi.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    held, self._held = self._held, None
+                    held.close()
+                    raise self._error(op, exc) from exc
+                raise
 
     def _error(self, op: str, exc: Exception) -> StorageError:
         orig = getattr(exc, "orig", None) or exc
