@@ -215,3 +215,122 @@ def test_is_debugger():
     assert bind(Handler).is_debugger() is False
     project = load_project("dbg", Handler, env={"debugger": True})
     assert project.handler.is_debugger() is True
+
+
+# -- the fast paths of self.crawl give what the general code gives ------------------------------------
+
+def _resolve_url_reference(url, base, params=None):
+    """resolve_url as it was before its absolute-URL fast path: the oracle for it."""
+    import re
+    from urllib.parse import urlencode, urljoin
+
+    if not isinstance(url, str):
+        raise CrawlError("must be a string")
+    url = url.strip()
+    if not url:
+        raise CrawlError("empty URL")
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
+    if match is None:
+        if not (base and base.startswith(("http://", "https://"))):
+            raise CrawlError("cannot resolve the relative URL")
+        try:
+            url = urljoin(base, url)
+        except ValueError as exc:
+            raise CrawlError(f"cannot resolve: {exc}") from None
+    elif match.group(1).lower() not in ("http", "https", "data"):
+        raise CrawlError("unsupported URL scheme")
+    if params:
+        if not isinstance(params, dict):
+            raise CrawlError("params must be a dict")
+        base_url, _, fragment = url.partition("#")
+        url = f"{base_url}{'&' if '?' in base_url else '?'}{urlencode(params, doseq=True)}"
+        if fragment:
+            url += "#" + fragment
+    return url
+
+
+TRICKY_URLS = [
+    "http://example.com/a", "https://example.com/a?b=1#frag", " \thttp://example.com/ws \n", "http://example.com/#",
+    "http://example.com/trailing  ", "https://example.com/q?x=1#f#g",
+    "HTTP://EXAMPLE.COM/Upper", "Https://example.com/mixed", "http:/one-slash", "http:", "https://", "http://[::1",
+    "http://[bad/x", "http://example.com/a b", "http://user:pw@example.com:8080/p;x?q#f", "data:,hello",
+    "DATA:text/plain,x", "ftp://example.com/", "javascript:void(0)", "mailto:me@example.com", "b.html", "/root",
+    "//cdn.example.org/x", "?page=2", "#top", "../up", "  ", "", "/a/./b/../c", "\\\\back\\slash", "http\\://x",
+]
+
+
+@pytest.mark.parametrize("base", ["http://example.com/dir/page.html", "https://example.com/", None, "data:,x"])
+@pytest.mark.parametrize("params", [None, {}, {"q": "1", "z": ["a", "b"]}, "not-a-dict"])
+def test_resolve_url_matches_the_general_path(base, params):
+    from spiderflow.processor.crawl import resolve_url
+
+    for url in TRICKY_URLS:
+        try:
+            expected = _resolve_url_reference(url, base, params)
+        except CrawlError as exc:
+            with pytest.raises(CrawlError) as raised:
+                resolve_url(url, base, params)
+            assert str(exc).split(":")[0] in str(raised.value), url
+        else:
+            assert resolve_url(url, base, params) == expected, url
+
+
+@pytest.mark.parametrize("url", [u for u in TRICKY_URLS if u.strip()[:4].lower() in ("http", "data")])
+def test_crawl_of_tricky_absolute_urls_builds_the_same_task_as_create(url):
+    h = bind(Handler)
+    task = h.crawl(url, callback="detail_page")
+    try:
+        stripped = _resolve_url_reference(url, "http://example.com/dir/page.html")
+    except CrawlError:
+        return
+    assert task.url == stripped
+    assert task.taskid == md5_taskid(stripped)
+
+
+def test_check_options_accepts_known_and_rejects_unknown_names():
+    from spiderflow.processor.crawl import check_options
+
+    check_options({})
+    check_options(dict.fromkeys(CRAWL_OPTIONS))
+    with pytest.raises(CrawlError, match=r"unexpected keyword argument\(s\): colour, size; known options: age"):
+        check_options({"callback": None, "size": 1, "colour": 2})
+    with pytest.raises(CrawlError, match="js_script: JavaScript"):
+        check_options({"js_script": "", "colour": 2})
+
+
+def test_decorator_marks_are_found_on_every_kind_of_callback():
+    import functools
+    import types
+
+    from spiderflow.processor.handler import _marker
+
+    @config(age=5)
+    def function(self, response):
+        pass
+
+    class Callable:
+        _config = {"age": 6}
+
+        def __call__(self, response):
+            pass
+
+    marked = functools.partial(function, None)
+    marked._config = {"age": 7}
+    h = bind(Handler)
+    cases = [h.index_page, h.detail_page, types.MethodType(function, h), function, Callable(),
+             types.MethodType(Callable(), h), marked, print, None]
+    for func in cases:
+        assert _marker(func, "_config") == getattr(func, "_config", None), func
+        assert _marker(func, "_catch_status_code_error", False) is getattr(func, "_catch_status_code_error", False)
+    assert _marker(h.index_page, "_config") == {"age": 3600, "priority": 2, "headers": {"X-A": "config", "X-B": "b"},
+                                                "timeout": 20}
+    assert _marker(types.MethodType(Callable(), h), "_config") == {"age": 6}
+    assert _marker(h.detail_page, "__name__") == "detail_page"
+
+
+def test_config_of_a_callback_applies_whether_named_or_bound():
+    h = bind(Handler)
+    by_name = h.crawl("http://example.com/n", callback="index_page")
+    bound = h.crawl("http://example.com/b", callback=h.index_page)
+    for task in (by_name, bound):
+        assert (task.schedule.age, task.schedule.priority, task.fetch.timeout) == (3600, 2, 20)

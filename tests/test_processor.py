@@ -350,6 +350,32 @@ def test_time_limit_leaves_foreign_alarms_alone():
         signal.signal(signal.SIGALRM, previous)
 
 
+def _foreign_alarm(signum, frame):
+    pass
+
+
+@pytest.mark.parametrize("previous", ["SIG_DFL", "SIG_IGN", _foreign_alarm])
+def test_time_limit_restores_the_previous_alarm_handler(previous):
+    import signal
+
+    from spiderflow.processor.timelimit import TimeLimit, TimeLimitExceeded
+
+    previous = getattr(signal, previous) if isinstance(previous, str) else previous
+    saved = signal.signal(signal.SIGALRM, previous)
+    timer = signal.getitimer(signal.ITIMER_REAL)  # pytest-timeout's, if it runs
+    try:
+        with TimeLimit(5.0):
+            assert signal.getsignal(signal.SIGALRM) != previous
+        assert signal.getsignal(signal.SIGALRM) == previous
+        with pytest.raises(TimeLimitExceeded):
+            with TimeLimit(0.05):
+                time.sleep(2)
+        assert signal.getsignal(signal.SIGALRM) == previous
+        assert (signal.getitimer(signal.ITIMER_REAL)[0] > 0) is (timer[0] > 0)
+    finally:
+        signal.signal(signal.SIGALRM, saved)
+
+
 # -- status codes -----------------------------------------------------------------------------------------
 
 def test_non_2xx_fails_unless_caught(processor, fetcher, httpbin):

@@ -32,6 +32,7 @@ _MERGED = frozenset(("headers", "cookies", "params"))
 _ALIASES = {"last_modifed": "last_modified"}  # pyspider's spelling in its option list
 _JS_OPTIONS = frozenset(("js_run_at", "js_script", "js_viewport_width", "js_viewport_height", "load_images"))
 _URL_SCHEMES = ("http", "https", "data")
+_ABSOLUTE = ("http://", "https://")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _PLAIN = (str, int, float, bool, bytes, type(None))
 _CALLBACK_ONLY = frozenset(("callback",))
@@ -58,9 +59,9 @@ def merge_options(base: dict[str, Any] | None, mid: dict[str, Any] | None,
 
 def check_options(opts: dict[str, Any]) -> None:
     """Raise CrawlError for an option name self.crawl does not know."""
-    unknown = opts.keys() - CRAWL_OPTIONS
-    if not unknown:
+    if opts.keys() <= CRAWL_OPTIONS:  # a subset test allocates nothing, unlike the difference
         return
+    unknown = opts.keys() - CRAWL_OPTIONS
     js = sorted(unknown & _JS_OPTIONS)
     if js:
         raise CrawlError(f"self.crawl(): {', '.join(js)}: JavaScript rendering options are not supported")
@@ -73,6 +74,8 @@ def resolve_url(url: Any, base: str | None, params: dict[str, Any] | None = None
     if not isinstance(url, str):
         raise CrawlError(f"self.crawl(): a URL must be a string, not {type(url).__name__}")
     url = url.strip()
+    if url.startswith(_ABSOLUTE):  # the common case (links are absolute after response.doc)
+        return _add_params(url, params) if params else url
     if not url:
         raise CrawlError("self.crawl(): empty URL")
     match = _SCHEME.match(url)
@@ -88,13 +91,17 @@ def resolve_url(url: Any, base: str | None, params: dict[str, Any] | None = None
     elif match.group(1).lower() not in _URL_SCHEMES:
         raise CrawlError(f"self.crawl(): unsupported URL scheme {match.group(1)!r} in {url!r}; "
                          "use http, https or data")
-    if params:
-        if not isinstance(params, dict):
-            raise CrawlError(f"self.crawl(): params must be a dict, not {type(params).__name__}")
-        base_url, _, fragment = url.partition("#")
-        url = f"{base_url}{'&' if '?' in base_url else '?'}{urlencode(params, doseq=True)}"
-        if fragment:
-            url += "#" + fragment
+    return _add_params(url, params) if params else url
+
+
+def _add_params(url: str, params: Any) -> str:
+    """*url* with *params* appended to its query, before any fragment."""
+    if not isinstance(params, dict):
+        raise CrawlError(f"self.crawl(): params must be a dict, not {type(params).__name__}")
+    base_url, _, fragment = url.partition("#")
+    url = f"{base_url}{'&' if '?' in base_url else '?'}{urlencode(params, doseq=True)}"
+    if fragment:
+        url += "#" + fragment
     return url
 
 
