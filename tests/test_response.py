@@ -152,3 +152,79 @@ def test_from_fetch_result_keeps_every_field():
     assert (response.url, response.orig_url, response.cookies, response.time, response.save, response.truncated) == (
         "http://example.com/b", "http://example.com/a", {"c": "1"}, 0.5, {"k": [1]}, True)
     assert repr(response) == "<Response [200] http://example.com/b>"
+
+
+# -- make_links_absolute gives what one pass over every link attribute gives --------------------------
+
+def _links_absolute_reference(root, base_url):
+    """make_links_absolute as it was, every link attribute in one XPath union: the oracle."""
+    from lxml.etree import XPath
+
+    from spiderflow.processor.response import LINK_ATTRIBUTES
+    from spiderflow.processor.urls import url_joiner
+
+    def join_or_keep(join, href):
+        try:
+            return join(href.strip())
+        except ValueError:
+            return href
+    base = root.find(".//base[@href]")
+    if base is not None:
+        base_url = join_or_keep(url_joiner(base_url), base.get("href"))
+    join = url_joiner(base_url)
+    for value in XPath("|".join(f"//@{name}" for name in LINK_ATTRIBUTES))(root):
+        fixed = join_or_keep(join, value)
+        if fixed != value:
+            value.getparent().set(value.attrname, fixed)
+
+
+LINK_PAGES = {
+    "every attribute": (
+        '<html><head><link rel="stylesheet" href="s.css"><script src="/a.js"></script></head>'
+        '<body background="bg.png"><a href="a.html#frag">a</a><a href=" ../b?x=1 ">b</a><a href="#top">t</a>'
+        '<a href="?page=2">p</a><a href="">empty</a><a href="//cdn.example.org/c">c</a><a href="a&amp;b">amp</a>'
+        '<img src="i.png" longdesc="d.html" usemap="#map"><video poster="p.jpg" src="v.mp4"></video>'
+        '<form action="post"><button formaction="/alt">go</button></form><blockquote cite="q.html">q</blockquote>'
+        '<div href="odd">div</div><img srcset="x.png 2x"><p>src href action as words</p></body></html>'),
+    "upper case names only": '<HTML><BODY><IMG SRC="up.png"><FORM ACTION="send"><A HREF="x">x</A></FORM></BODY></HTML>',
+    "mixed case": '<html><body><Video PoStEr="p.jpg"></Video><Q CiTe="c"></Q></body></html>',
+    "odd schemes": (
+        '<html><body><a href="javascript:void(0)">j</a><a href="mailto:me@example.com">m</a>'
+        '<a href="data:,x">d</a><a href="http://[bad">ipv6</a><a href="HTTP://Other.ORG/x">u</a>'
+        '<a href="ftp://f.example.com/">f</a><a href="\\\\back\\slash">bs</a></body></html>'),
+    "relative base": '<html><head><base href="/sub/"></head><body><a href="a">a</a><img src="../i.png"></body></html>',
+    "absolute base": '<html><head><base href="https://other.org/x/"></head><body><a href="a">a</a></body></html>',
+    "namespaced": '<html><body><svg><use xlink:href="#s"></use><a href="svg-link">s</a></svg></body></html>',
+    "no links": '<html><body><p>nothing to see</p></body></html>',
+    "nul in a name": '<html><body><a hr\x00ef="x" src\x00="y">n</a></body></html>',
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINK_PAGES))
+@pytest.mark.parametrize("url", ["http://example.com/dir/page.html", "https://example.com/"])
+def test_doc_makes_the_links_absolute_as_a_pass_over_every_attribute_does(name, url):
+    import lxml.html
+
+    response = Response(200, url, content=LINK_PAGES[name].encode(), headers={"Content-Type": "text/html; charset=utf-8"})
+    expected = lxml.html.document_fromstring(response.text)
+    _links_absolute_reference(expected, url)
+    response.doc
+    assert lxml.html.tostring(response.etree) == lxml.html.tostring(expected)
+
+
+def test_doc_makes_links_absolute_that_the_callback_added_to_the_etree():
+    response = Response(200, "http://example.com/dir/", content=b"<html><body><a href='a'>a</a></body></html>",
+                        headers={"Content-Type": "text/html"})
+    body = response.etree.find("body")
+    body.append(body.makeelement("video", {"poster": "p.jpg", "src": "v.mp4"}))
+    assert response.doc("video").attr.poster == "http://example.com/dir/p.jpg"
+    assert response.doc("video").attr.src == "http://example.com/dir/v.mp4"
+    assert response.doc("a").attr.href == "http://example.com/dir/a"
+
+
+def test_doc_after_a_new_encoding_makes_links_absolute_again():
+    response = Response(200, "http://example.com/", content="<a href='caf\u00e9'>x</a>".encode("latin-1"),
+                        headers={"Content-Type": "text/html; charset=utf-8"})
+    assert response.doc("a").attr.href == "http://example.com/caf\ufffd"
+    response.encoding = "latin-1"
+    assert response.doc("a").attr.href == "http://example.com/caf\u00e9"

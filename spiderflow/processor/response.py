@@ -132,7 +132,7 @@ class Response:
     """What a callback gets for a fetched page (pyspider's ``response``)."""
 
     __slots__ = ("status_code", "url", "orig_url", "content", "cookies", "time", "error", "save",
-                 "truncated", "_raw_headers", "_headers", "_encoding", "_text", "_json", "_etree", "_doc")
+                 "truncated", "_raw_headers", "_headers", "_encoding", "_text", "_json", "_etree", "_doc", "_links")
 
     def __init__(self, status_code: int = 200, url: str = "", orig_url: str = "",
                  headers: Mapping[str, str] | None = None, content: bytes = b"",
@@ -154,6 +154,7 @@ class Response:
         self._json: Any = _UNSET
         self._etree: Any = None
         self._doc: Any = None
+        self._links: list[Any] = []
 
     @classmethod
     def from_fetch_result(cls, result: FetchResult, task: Task | None = None) -> Response:
@@ -192,6 +193,7 @@ class Response:
         self._text = None
         self._json = _UNSET
         self._etree = self._doc = None
+        self._links = []
 
     @property
     def known_encoding(self) -> str | None:
@@ -230,9 +232,11 @@ class Response:
     def doc(self) -> Any:
         """A PyQuery of the page, with links made absolute against the response URL."""
         if self._doc is None:
+            untouched = self._etree is None  # parsed just now: no callback has changed the tree
             root = self.etree
             if self.url.startswith(("http://", "https://")):
-                make_links_absolute(root, self.url)
+                # keep the link elements' proxies alive: doc("a") then finds them made already
+                self._links = make_links_absolute(root, self.url, self.text if untouched else None)
             self._doc = _pyquery_class()(root)
         return self._doc
 
@@ -312,24 +316,49 @@ def _pyquery_class() -> Any:
 
 #: Attributes that hold a URL; the ones lxml's make_links_absolute rewrites, minus rare ones.
 LINK_ATTRIBUTES = ("href", "src", "action", "formaction", "poster", "background", "cite", "longdesc", "usemap")
-_LINK_XPATH: Any = None
+_LINK_XPATHS: dict[str, Any] | None = None  # attribute name -> XPath of every such attribute
+_SET_ATTRIBUTE: Any = None                  # lxml's C Element.set, without lxml.html's Python wrapper
 
 
-def make_links_absolute(root: Any, base_url: str) -> None:
-    """Rewrite every link attribute of the lxml tree *root* against *base_url* (and ``<base href>``)."""
-    global _LINK_XPATH
-    if _LINK_XPATH is None:
-        from lxml.etree import XPath
+def make_links_absolute(root: Any, base_url: str, source: str | None = None) -> list[Any]:
+    """Rewrite every link attribute of the lxml tree *root* against *base_url* (and ``<base href>``).
 
-        _LINK_XPATH = XPath("|".join(f"//@{name}" for name in LINK_ATTRIBUTES))
+    Each attribute name costs a walk over the whole tree, and most pages use two or three
+    of :data:`LINK_ATTRIBUTES`. *source*, the text *root* was parsed from (only if the tree
+    has not been changed since), lets it skip every name that does not occur in that text:
+    the parser takes attribute names from the text, only lower-casing them.
+
+    Returns the elements that hold a link attribute: the caller may keep them so that lxml
+    reuses their Python proxies instead of building new ones (a Python class lookup each
+    for lxml.html) when the callback selects them.
+    """
+    xpaths = _LINK_XPATHS or _compile_link_xpaths()
     base = root.find(".//base[@href]")
     if base is not None:
         base_url = _join_or_keep(url_joiner(base_url), base.get("href"))
     join = url_joiner(base_url)
-    for value in _LINK_XPATH(root):
-        fixed = _join_or_keep(join, value)
-        if fixed != value:
-            value.getparent().set(value.attrname, fixed)
+    names = LINK_ATTRIBUTES
+    if source is not None:
+        lowered = source.lower()
+        names = [name for name in LINK_ATTRIBUTES if name in lowered]
+    holders = []
+    for name in names:
+        for value in xpaths[name](root):
+            element = value.getparent()
+            holders.append(element)
+            fixed = _join_or_keep(join, value)
+            if fixed != value:
+                _SET_ATTRIBUTE(element, value.attrname, fixed)
+    return holders
+
+
+def _compile_link_xpaths() -> dict[str, Any]:
+    global _LINK_XPATHS, _SET_ATTRIBUTE
+    from lxml.etree import XPath, _Element
+
+    _SET_ATTRIBUTE = _Element.set
+    _LINK_XPATHS = {name: XPath(f"//@{name}") for name in LINK_ATTRIBUTES}
+    return _LINK_XPATHS
 
 
 def _join_or_keep(join: Any, href: str) -> str:
