@@ -228,3 +228,26 @@ def test_doc_after_a_new_encoding_makes_links_absolute_again():
     assert response.doc("a").attr.href == "http://example.com/caf\ufffd"
     response.encoding = "latin-1"
     assert response.doc("a").attr.href == "http://example.com/caf\u00e9"
+
+
+@pytest.mark.parametrize("base", [
+    "http://example.com", "http://example.com/", "https://example.com:8443/a/b?c=1#d", "http://example.com?q=1",
+    "http://example.com#frag", "http://user:pw@example.com:80/p", "http://EXAMPLE.com/Path", "http://",
+    "http:///path", "https://example.com/a//b", "http://[::1]:8080/x", "http://[::1/x", "http://::1]/x",
+    "http://[bad/", "http://ex\tample.com/", "http://example.com\n/x", "http://ex\rample.com/", "http://b\u00fccher.de/x",
+    "http://example.com/\u00e9", "HTTP://EXAMPLE.COM/x", "Https://example.com/", "ftp://example.com/x",
+    "mailto:me@example.com", "data:,x", "//example.com/x", "/just/a/path", "", " http://example.com/",
+    "http://example.com\\x\\y", "http://a.b/c;d?e#f/g", "http://evil\uff0fexample.com/", "http://a\u2100b/",
+])
+def test_origin_is_scheme_and_netloc_as_urlsplit_gives_them(base):
+    from urllib.parse import urlsplit
+
+    from spiderflow.processor.urls import origin
+
+    try:
+        parts = urlsplit(base)
+    except ValueError:
+        with pytest.raises(ValueError):
+            origin(base)
+    else:
+        assert origin(base) == f"{parts.scheme}://{parts.netloc}"
