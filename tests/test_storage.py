@@ -6,6 +6,7 @@ each test; SQLite gets a fresh file per test.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import multiprocessing
 import random
@@ -34,6 +35,7 @@ from spiderflow.message import (
     TaskStatus,
     Track,
 )
+from spiderflow.storage import codec
 from spiderflow.storage.base import META, METADATA
 from spiderflow.storage.taskdb import TASKS, active_queries
 
@@ -384,6 +386,34 @@ def test_sqlite_hot_path_connection_is_shared_by_threads_and_returned_on_close(t
         db.close()
         other.close()
         storage.dispose_engines()
+
+
+class _Text(str):
+    pass
+
+
+PLAIN_VALUES = [
+    {"ok": True, "status_code": 200, "time": 0.25, "error": None, "url": "http://é/"},
+    {"logs": ["a", 1, 2.5, None, [True, {"k": "v"}]], "nested": {"a": {"b": []}}},
+    [], {}, "text", 3, float("nan"), float("inf"), None,
+]
+TAGGED_VALUES = [
+    {"t": (1, 2)}, [{"raw": b"\x00"}], {1: "int key"}, {"$b": "looks like a tag"}, {"x": {"$t": [1]}},
+    {"s": _Text("str subclass")}, collections.OrderedDict(a=1), [[(1,)]], {"deep": [{"x": {2: 3}}]},
+]
+
+
+@pytest.mark.parametrize("value, plain", [(v, True) for v in PLAIN_VALUES] + [(v, False) for v in TAGGED_VALUES])
+def test_plain_values_skip_the_copy_and_encode_the_same(value, plain):
+    """dumps_part writes a plain value as it stands: the same text as after encode_value's copy."""
+    assert codec.is_plain(value) is plain
+    copied = codec.encode_value(value)
+    if plain and value == value:                      # NaN is not equal to itself
+        assert copied == value
+    if isinstance(value, dict) and value:             # an empty dict is the default: left out
+        text = codec.dumps_part(Track(fetch=value))
+        assert text == '{"fetch":' + codec._ENCODER.encode(copied) + "}"
+        assert codec.loads_part(Track, text) == Track(fetch=value)
 
 
 def test_sqlite_load_active_uses_index(tmp_path):

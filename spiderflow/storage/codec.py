@@ -64,6 +64,33 @@ def encode_value(value: Any) -> Any:
     raise TypeError(f"cannot store a value of type {type(value).__name__}")
 
 
+_JSON_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
+def is_plain(value: Any) -> bool:
+    """Whether *value* is JSON data as it stands, so :func:`encode_value` would return an equal copy.
+
+    Exact types only (str, int, float, bool, None; lists; dicts with str keys, not one
+    key that looks like a tag): it lets the common case skip the copy.
+    """
+    kind = type(value)
+    if kind in _JSON_TYPES:
+        return True
+    if kind is dict:
+        if len(value) == 1 and next(iter(value)) in _TAGS:
+            return False
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in _JSON_TYPES and not is_plain(v)):
+                return False
+        return True
+    if kind is list:
+        for v in value:
+            if type(v) not in _JSON_TYPES and not is_plain(v):
+                return False
+        return True
+    return False
+
+
 def decode_value(value: Any) -> Any:
     """Inverse of :func:`encode_value`."""
     if isinstance(value, list):
@@ -100,14 +127,15 @@ def _make_dumps(cls: type) -> Callable[[Any], str]:
     encoder's per-call set-up and hands anything else to the encoder.
     """
     _, fields = _layout(cls)
-    ns: dict[str, Any] = {"encode_value": encode_value, "_value": _json_value, "_str": _encode_str}
+    ns: dict[str, Any] = {"encode_value": encode_value, "_value": _json_value, "_str": _encode_str,
+                          "_plain": is_plain}
     lines = ["def dumps(part):", "    out = []"]
     for i, (name, default, default_type) in enumerate(fields):
         ns[f"_d{i}"], ns[f"_t{i}"] = default, default_type
         key = _encode_str(name) + ":"
         lines += [f"    v = part.{name}",
                   f"    if not (type(v) is _t{i} and v == _d{i}):",
-                  f"        out.append({key!r} + (_str(v) if type(v) is str else _value(encode_value(v))))"]
+                  f"        out.append({key!r} + (_str(v) if type(v) is str else _value(v if _plain(v) else encode_value(v))))"]
     lines.append('    return "{" + ",".join(out) + "}" if out else "{}"')
     source = "\n".join(lines) + "\n"
     exec(compile(source, f"<spiderflow.storage.codec {cls.__name__}>", "exec"), ns)  # noqa: S102 - generated here
