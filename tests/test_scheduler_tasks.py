@@ -179,6 +179,55 @@ def test_a_failed_combined_batch_is_stored_apart(h, monkeypatch, caplog):
     assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3"]
 
 
+def test_plain_repeats_of_known_tasks_stop_before_the_dedupe(h, monkeypatch):
+    """Only a plain request (no force_update, cancel, itag or age) for a known taskid stops early."""
+    h.add_project()
+    h.start("p")
+    done = h.crawl("http://a/1")
+    assert done.taskid in h.scheduler.projects["p"].known
+    seen: list[tuple[str, Schedule]] = []
+    on_requests = h.scheduler._on_requests
+
+    def recording(p, tasks, now):
+        seen.extend((t.url, t.schedule) for t in tasks)
+        return on_requests(p, tasks, now)
+
+    monkeypatch.setattr(h.scheduler, "_on_requests", recording)
+    h.clock.advance(10)
+    for schedule in ({}, {"priority": 5, "retries": 1, "exetime": 3.0, "auto_recrawl": True}, {"force_update": True},
+                     {"itag": "v2"}, {"age": 5}, {"cancel": True}):
+        h.new("http://a/1", **schedule)
+    h.new("http://a/2")
+    h.run()
+    assert [url for url, _ in seen] == ["http://a/1"] * 4 + ["http://a/2"]
+    assert [bool(s.force_update or s.itag or s.age >= 0 or s.cancel) for _, s in seen[:4]] == [True] * 4
+    assert h.status(done.taskid) == "BAD"               # the cancel came last
+    assert urls(h.sent_normal()) == ["http://a/2"]
+
+
+def test_known_taskids_forgotten_mid_batch_are_not_crawled_again(tmp_path):
+    """The known set may be emptied while a batch is checked; a plain repeat it held stays ignored."""
+    h = Harness(tmp_path, known_taskids=2)
+    try:
+        h.add_project()
+        h.start("p")
+        a, b = h.crawl("http://a/"), h.crawl("http://b/")
+        c = h.crawl("http://c/")                        # three known: the set was emptied
+        d = h.crawl("http://d/")
+        known = h.scheduler.projects["p"].known
+        assert d.taskid in known and a.taskid not in known and b.taskid not in known
+        now = h.clock()
+        repeats = [Task.create("p", t.url) for t in (a, b, d)]
+        h.scheduler._on_requests(h.scheduler.projects["p"], repeats, now)   # a, b looked up: the set fills up
+        h.scheduler._flush()
+        h.run()
+        assert h.sent_normal() == []
+        assert [h.status(t.taskid) for t in (a, b, c, d)] == ["SUCCESS"] * 4
+        assert h.scheduler.counters("p")["p"]["all"]["pending"] == 0
+    finally:
+        h.close()
+
+
 def test_force_update_restarts_and_is_postponed_while_in_flight(h, caplog):
     h.add_project()
     h.start("p")

@@ -5,7 +5,8 @@ their taskids are looked up in memory, in the batched writes not yet flushed, an
 taskdb with one ``get_many`` (light fields only; schedules are read just for requests that
 carry an itag). A plain request (no force_update, cancel, itag or age) for a taskid the
 project remembers as stored (``ProjectState.known``, up to ``known_taskids``) is ignored
-without the lookup, as the lookup would have ignored it. New tasks are stored with one
+as soon as it is grouped, as the lookup would have ignored it; the set is read as it was
+when the batch began, even if storing the batch empties it. New tasks are stored with one
 ``insert_many``. An old task is restarted when its itag changed, its age expired (after a
 crawl), or force_update is set; cancel marks it BAD; a restart of a task in flight waits
 until the task returns. The new tasks are stored in one transaction with the batched
@@ -77,7 +78,13 @@ class NewTasks:
                 self.newtask_queue.ack_many(deliveries)   # stored (those handed back are settled already)
 
     def _on_request_msgs(self, msgs: Iterable[Any], now: float) -> None:
+        """Check and group requests by project; a plain request for a known taskid stops here.
+
+        :meth:`_on_requests` would ignore it too (``p.known`` does not change before it
+        runs), after a lookup and a pass through its loop.
+        """
         groups: dict[str, list[Task]] = {}
+        known: dict[str, set[str]] = {}
         for msg in flatten(msgs):
             try:
                 task = coerce_task(msg)
@@ -90,10 +97,14 @@ class NewTasks:
                     logger.error("dropping new task %s:%s %s: unknown project", task.project, task.taskid, task.url)
                     continue
                 tasks = groups[task.project] = []
+                known[task.project] = self.projects[task.project].known
+            self._work += 1
+            if task.taskid in known[task.project] and _plain(task.schedule) and task.taskid not in EPHEMERAL:
+                continue
             tasks.append(task)
         for name, tasks in groups.items():
-            self._work += len(tasks)
-            self._on_requests(self.projects[name], tasks, now)
+            if tasks:
+                self._on_requests(self.projects[name], tasks, now)
 
     def _on_requests(self, p: ProjectState, tasks: list[Task], now: float) -> None:
         """Dedupe *tasks* by taskid against memory and taskdb; insert, restart, cancel or ignore."""
@@ -127,8 +138,8 @@ class NewTasks:
             old: Any = seen.get(taskid) or queue.get(taskid) or pending.get((name, taskid))
             if old is None:
                 old = stored.get(taskid)
-                if old is None and taskid in known and _plain(s):
-                    continue                        # stored, and nothing asks to crawl it again
+                if old is None and taskid not in unknown:
+                    continue                        # known as stored (when the batch began), and plain
                 if old is None:
                     if s.cancel:
                         logger.info("cancel of unknown task %s:%s ignored", p.name, taskid)
