@@ -20,7 +20,8 @@ from spiderflow.queues import QUEUE_NAMES, connect_queue, connect_queues
 
 BACKENDS = ["memory://", "multiprocessing://", "redis://", "amqp://"]
 
-# multiprocessing queues hand items to a feeder thread: give them a moment to appear
+# how long a get waits for a message just put (a server's round trip, a multiprocessing
+# background writer's turn)
 SETTLE = 2.0
 
 
@@ -197,13 +198,11 @@ def test_malformed_bytes_are_dropped_with_a_clear_error():
     q = connect_queue("multiprocessing://", "q", 10)
     q._put(b"\xc1garbage", None)
     q.put(task(1))
-    time.sleep(0.1)
     with pytest.raises(SerializationError):
         q.get(timeout=SETTLE)
     assert q.get(timeout=SETTLE) == task(1)
     q._put(b"\xc1garbage", None)
     q.put(task(2))
-    time.sleep(0.1)
     assert q.get_many(10, timeout=SETTLE) == [task(2)]  # batch helpers skip the bad one
     q.close()
 
@@ -220,6 +219,141 @@ def test_multiprocessing_queue_crosses_processes():
     got = [q.get(timeout=10) for _ in range(30)]
     proc.join(10)
     assert got == [task(i) for i in range(30)] and proc.exitcode == 0
+    q.close()
+
+
+def page(tag: str, size: int) -> FetchResult:
+    """A fetch result of about *size* bytes whose content says where it comes from."""
+    return FetchResult(200, f"http://127.0.0.1/{tag}", content=tag.encode() + b"." * size)
+
+
+def _child_big_producer(q, sizes):
+    for i, size in enumerate(sizes):
+        q.put(page(f"big{i}", size))
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_large_messages_from_another_process():
+    # 4 MB through a 2-slot queue whose pipe holds at most 1 MiB, one page larger than the pipe
+    sizes = [300_000] * 10 + [2_500_000, 1000, 300_000]
+    q = connect_queue("multiprocessing://", "q", 2)
+    proc = multiprocessing.get_context("fork").Process(target=_child_big_producer, args=(q, sizes), daemon=True)
+    proc.start()
+    got = [q.get(timeout=20) for _ in sizes]
+    proc.join(20)
+    assert proc.exitcode == 0
+    assert got == [page(f"big{i}", size) for i, size in enumerate(sizes)]
+    assert q.empty()
+    q.close()
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_put_then_get_from_one_thread_beyond_the_pipe():
+    # far more bytes than any pipe holds: the puts must not wait for a reader
+    q = connect_queue("multiprocessing://", "q", 1000)
+    singles = [page(f"one{i}", 20_000) for i in range(200)]
+    batch = [page(f"many{i}", 20_000) for i in range(200)]
+    for msg in singles:
+        q.put(msg, timeout=0)
+    q.put_many(batch, timeout=0)
+    q.put(task(1), timeout=0)
+    assert q.qsize() == 401
+    got = [q.get(timeout=10) for _ in range(401)]
+    assert got == singles + batch + [task(1)]
+    assert q.empty()
+    q.close()
+
+
+def _child_put_all_then_exit(q, n, all_put):
+    q.put_many([page(f"exit{i}", 100_000) for i in range(n)])
+    all_put.set()   # most of these are still waiting for room in the pipe: exit must let them through
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_producer_exit_flushes_what_the_pipe_could_not_take():
+    q = connect_queue("multiprocessing://", "q", 100)
+    ctx = multiprocessing.get_context("fork")
+    all_put = ctx.Event()
+    proc = ctx.Process(target=_child_put_all_then_exit, args=(q, 40, all_put), daemon=True)
+    proc.start()
+    assert all_put.wait(20)
+    got = [q.get(timeout=20) for _ in range(40)]
+    proc.join(20)
+    assert proc.exitcode == 0
+    assert got == [page(f"exit{i}", 100_000) for i in range(40)]
+    q.close()
+
+
+def _child_batch_producer(q, producer, rounds):
+    for r in range(rounds):
+        # batches of varied length, some large enough to be written in parts
+        size = 150_000 if r % 7 == 0 else 100 * r
+        q.put_many([page(f"p{producer}-r{r}-m{m}", size) for m in range(1 + r % 5)])
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_producers_interleave_batches_without_corrupting_frames():
+    producers, rounds = 3, 40
+    expected = {p: [page(f"p{p}-r{r}-m{m}", 150_000 if r % 7 == 0 else 100 * r)
+                    for r in range(rounds) for m in range(1 + r % 5)] for p in range(producers)}
+    q = connect_queue("multiprocessing://", "q", 20)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_child_batch_producer, args=(q, p, rounds), daemon=True) for p in range(producers)]
+    for proc in procs:
+        proc.start()
+    got: dict[int, list] = {p: [] for p in range(producers)}
+    for _ in range(sum(len(msgs) for msgs in expected.values())):
+        msg = q.get(timeout=20)
+        got[int(msg.url.rsplit("/", 1)[1][1:].split("-", 1)[0])].append(msg)
+    for proc in procs:
+        proc.join(20)
+    assert [proc.exitcode for proc in procs] == [0] * producers
+    assert got == expected   # every message, whole, in each producer's order
+    assert q.get_many(10, timeout=0.05) == []
+    q.close()
+
+
+def _child_put_on_request(q, requests, done, n):
+    for i in range(n):
+        requests.wait(10)
+        requests.clear()
+        q.put(task(i))
+        done.set()
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_get_nowait_finds_a_put_completed_in_another_process():
+    q = connect_queue("multiprocessing://", "q", 5)
+    ctx = multiprocessing.get_context("fork")
+    requests, done = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_child_put_on_request, args=(q, requests, done, 50), daemon=True)
+    proc.start()
+    for i in range(50):
+        done.clear()
+        requests.set()
+        assert done.wait(10)
+        assert q.get(timeout=0) == task(i)
+    proc.join(10)
+    assert proc.exitcode == 0
+    q.close()
+
+
+@pytest.mark.timeout(60)
+def test_multiprocessing_close_with_unwritten_frames_does_not_hang():
+    q = connect_queue("multiprocessing://", "q-close", 0)
+    q.put_many([page(f"c{i}", 20_000) for i in range(200)])    # more than the pipe holds: some wait
+    writers = [t for t in threading.enumerate() if t.name == "queue-q-close-writer"]
+    assert writers, "the frames the pipe could not take should wait in a background writer"
+    q.close()   # nobody else reads this queue: the writer gives up instead of waiting forever
+    writers[0].join(10)
+    assert not writers[0].is_alive()
+
+
+def test_multiprocessing_queue_is_not_pickled():
+    import pickle
+    q = connect_queue("multiprocessing://", "q", 5)
+    with pytest.raises(TypeError, match="fork"):
+        pickle.dumps(q)
     q.close()
 
 
