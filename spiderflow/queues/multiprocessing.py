@@ -25,8 +25,8 @@ the process's later frames queue behind them, so order is kept; once it has writ
 all, it ends. close() does not wait for it, so that a stopping component never hangs on a
 consumer that is gone: it goes on writing to the other processes that still read the queue
 (and gives up, logging what it drops, once none does); at process exit, pending frames get
-:data:`FLUSH_TIMEOUT` seconds to reach the pipe. A producer that dies in the middle of a frame leaves the pipe unusable, as
-a dead feeder thread did with ``multiprocessing.Queue``.
+:data:`FLUSH_TIMEOUT` seconds to reach the pipe. A producer that dies in the middle of a
+frame leaves the pipe unusable, as a dead feeder thread did with ``multiprocessing.Queue``.
 
 A consumer reads one frame at a time under a shared read lock (a header, then the body),
 keeps the rest of a batch in a small buffer of its own and hands the messages out one by
@@ -274,10 +274,7 @@ class MultiprocessingQueue(BaseQueue):
             raise QueueEmpty(f"queue {self.name!r} is empty")  # no message is counted: none to read
         else:
             item = self._read(timeout)
-        try:
-            self._slots.release()
-        except ValueError:  # an item that reached the pipe without a slot (not through put)
-            pass
+        self._slots.release()
         return item, None
 
     def _read(self, timeout: float | None) -> bytes:
