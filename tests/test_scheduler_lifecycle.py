@@ -360,7 +360,7 @@ def test_through_serialized_queues(tmp_path, caplog):
     (info,) = h.out_queue.get_many(10, timeout=2)
     h.answer_info(info.project)
     h.newtask_queue.put((Task.create("p", "http://a/1"), Task.create("p", "http://a/2")))   # a tuple packs
-    h.newtask_queue._queue.put(b"\x93garbage")                  # bytes that are not a message
+    h.newtask_queue._put(b"\x93garbage", None)                  # bytes that are not a message
     deadline = time.monotonic() + 5
     sent = []
     with caplog.at_level(logging.ERROR):
