@@ -221,8 +221,9 @@ class MultiprocessingQueue(BaseQueue):
             Finalize(self._writer, _join_writer, args=(weakref.ref(self._writer),), exitpriority=-5)
 
     def _write_pending(self) -> None:
-        """The background writer: write the pending frames in order, waiting for room in the
-        pipe; end when none is left."""
+        """The background writer: write the pending frames in order, as many as
+        :data:`PIPE_SIZE` bytes' worth in one write, waiting for room in the pipe; end when
+        none is left."""
         writable = select.poll()
         writable.register(self._wfd, select.POLLOUT)
         while True:
@@ -232,9 +233,15 @@ class MultiprocessingQueue(BaseQueue):
                     if self.closed:
                         self._close_writer()
                     return
-                data, _count, locked = self._pending[0]
+                run, size = [], 0
+                for data, _count, _locked in self._pending:   # only the first can be locked
+                    if run and size + len(data) > PIPE_SIZE:
+                        break
+                    run.append(data)
+                    size += len(data)
+                locked = self._pending[0][2]
             try:
-                self._write_frame(data, locked, writable)
+                self._write_frames(b"".join(run), locked, writable)
             except OSError as exc:  # EPIPE: every process has closed the queue
                 logger.warning("queue %s: %d frame(s) lost: %s", self.name, len(self._pending), exc)
                 with self._mutex:
@@ -244,12 +251,14 @@ class MultiprocessingQueue(BaseQueue):
                             self._slots.release()
                     self._pending.clear()
                 continue
-            self._in_transit.acquire(False)
             with self._mutex:
-                self._pending.popleft()
+                for _ in run:
+                    self._pending.popleft()
+                    self._in_transit.acquire(False)
 
-    def _write_frame(self, data: memoryview | bytes, locked: bool, writable: select.poll) -> None:
-        """Write *data* whole, under the write lock (already held when *locked*)."""
+    def _write_frames(self, data: bytes, locked: bool, writable: select.poll) -> None:
+        """Write *data* (whole frames, or the rest of one and whole frames) under the write
+        lock (already held when *locked*)."""
         if not locked:
             self._write_lock.acquire()
         try:
