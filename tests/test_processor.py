@@ -90,6 +90,11 @@ class Handler(BaseHandler):
         yield {"fine": 1}
         yield {"when": object()}
 
+    def summarised(self, response):
+        yield {"when": object()}
+        yield "\u00e9" * 150
+        yield {"n": "\u00e9"}
+
     def exits(self, response):
         import sys
         sys.exit(3)
@@ -441,6 +446,17 @@ def test_non_json_result_is_a_clear_error(processor):
     assert outcome.exception.startswith("ResultError: result 1 of the callback is not JSON data")
     assert "object is not JSON serializable" in outcome.exception
     assert outcome.status_pack.track.process["ok"] is False
+
+
+def test_track_summarises_the_first_stored_result(processor):
+    outcome = processor.process(task_for("failing", "http://example.com/", "summarised"), page("http://example.com/"))
+    assert [p.result for p in outcome.results] == ["\u00e9" * 150, {"n": "\u00e9"}]
+    assert outcome.status_pack.track.process["result"] == "\u00e9" * 97 + "..."
+    assert outcome.status_pack.track.process["results"] == 2
+    several = processor.process(task_for("failing", "http://example.com/", "several"), page("http://example.com/"))
+    assert several.status_pack.track.process["result"] == '{"n":1}'
+    assert processor.process(task_for("failing", "http://example.com/", "chatty"),
+                             page("http://example.com/")).status_pack.track.process["result"] is None
 
 
 # -- special tasks --------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class Processor:
         now = self.clock()
         response = Response.from_fetch_result(fetch_result, task)
         run = self._run(task, response, project, now)
-        results, result_error = self._result_packs(task, run.results, now)
+        results, summary, result_error = self._result_packs(task, run.results, now)
         exception = run.exception
         if result_error:
             exception = f"{exception}\n\n{result_error}" if exception else result_error
@@ -90,7 +90,8 @@ class Processor:
         new_tasks = run.follows + run.messages if run.messages else run.follows
         track = Track(
             fetch=self._fetch_track(task, fetch_result, response),
-            process=self._process_track(run, exception, len(new_tasks), results, time.perf_counter() - started),
+            process=self._process_track(run, exception, len(new_tasks), len(results), summary,
+                                        time.perf_counter() - started),
         )
         status = StatusPack(taskid=task.taskid, project=task.project, url=task.url, track=track,
                             schedule=task.schedule)
@@ -116,19 +117,27 @@ class Processor:
         limit = task.process.time_limit or self.settings.process_time_limit
         return project.run(task, response, time_limit=limit, capture_stdout=self.capture_stdout, now=now)
 
-    def _result_packs(self, task: Task, values: list[Any], now: float) -> tuple[list[ResultPack], str | None]:
-        """One ResultPack per result: the first keyed by the task id, the next by ``<taskid>#<n>``."""
+    def _result_packs(self, task: Task, values: list[Any],
+                      now: float) -> tuple[list[ResultPack], str | None, str | None]:
+        """One ResultPack per result: the first keyed by the task id, the next by ``<taskid>#<n>``.
+
+        Also returns the summary of the first pack's result for the track (from the JSON
+        text its check produced) and the error for the results dropped, if any.
+        """
         packs: list[ResultPack] = []
         errors: list[str] = []
+        summary = None
         for index, value in enumerate(values):
             try:
-                _STRICT_JSON.encode(value)
+                text = _STRICT_JSON.encode(value)
             except (TypeError, ValueError, RecursionError) as exc:
                 errors.append(f"result {index} of the callback is not JSON data and was dropped: {exc}")
                 continue
+            if summary is None:
+                summary = _summary(value if isinstance(value, str) else text)
             taskid = task.taskid if index == 0 else f"{task.taskid}{RESULT_SEPARATOR}{index}"
             packs.append(ResultPack(project=task.project, taskid=taskid, url=task.url, result=value, updatetime=now))
-        return packs, ("ResultError: " + "; ".join(errors)) if errors else None
+        return packs, summary, ("ResultError: " + "; ".join(errors)) if errors else None
 
     @staticmethod
     def _fetch_track(task: Task, result: FetchResult, response: Response) -> dict[str, Any]:
@@ -149,14 +158,13 @@ class Processor:
             track["truncated"] = True
         return track
 
-    def _process_track(self, run: TaskRun, exception: str | None, follows: int, results: list[ResultPack],
-                       elapsed: float) -> dict[str, Any]:
+    def _process_track(self, run: TaskRun, exception: str | None, follows: int, results: int,
+                       summary: str | None, elapsed: float) -> dict[str, Any]:
         tail = self.settings.log_tail
         logs = run.logs[-tail:] if tail > 0 else []
         track: dict[str, Any] = {
-            "ok": exception is None, "time": elapsed, "follows": follows, "results": len(results),
-            "logs": "\n".join(logs), "exception": exception,
-            "result": _summary(results[0].result) if results else None,
+            "ok": exception is None, "time": elapsed, "follows": follows, "results": results,
+            "logs": "\n".join(logs), "exception": exception, "result": summary,
         }
         if run.save:
             track["save"] = _plain(run.save)
@@ -234,8 +242,8 @@ class Processor:
         return self.projects.errors()
 
 
-def _summary(value: Any) -> str:
-    text = value if isinstance(value, str) else _STRICT_JSON.encode(value)
+def _summary(text: str) -> str:
+    """*text* cut to :data:`RESULT_SUMMARY` characters."""
     return text if len(text) <= RESULT_SUMMARY else text[:RESULT_SUMMARY - 3] + "..."
 
 
