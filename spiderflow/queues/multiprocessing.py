@@ -18,11 +18,13 @@ that frames from several processes never interleave, and the put returns with th
 in the pipe.
 
 When the pipe has no room for a whole frame (the consumer is behind, or a page is larger
-than the pipe, or this very thread will read the messages later), the producer does not
-wait: the rest of the frame goes to a background writer thread, started only then, which
-keeps the write lock until the frame is complete. While that thread has frames pending,
-the process's later frames queue behind them, so order is kept; once it has written them
-all, it ends. close() does not wait for it, so that a stopping component never hangs on a
+than the pipe, or this very thread will read the messages later), or another process has
+held the write lock for :data:`LOCK_WAIT` (it is waiting for room itself), the producer
+does not wait: the frame, or its unwritten rest, goes to a background writer thread,
+started only then, which keeps the write lock until a frame is complete. While that
+thread has frames pending, the process's later frames queue behind them, so order is kept;
+it writes them together, as the pipe makes room, and once it has written them all, it
+ends. close() does not wait for it, so that a stopping component never hangs on a
 consumer that is gone: it goes on writing to the other processes that still read the queue
 (and gives up, logging what it drops, once none does); at process exit, pending frames get
 :data:`FLUSH_TIMEOUT` seconds to reach the pipe. A producer that dies in the middle of a
@@ -31,7 +33,8 @@ frame leaves the pipe unusable, as a dead feeder thread did with ``multiprocessi
 A consumer reads one frame at a time under a shared read lock (a header, then the body),
 keeps the rest of a batch in a small buffer of its own and hands the messages out one by
 one, each still counted against the bound until then. A get that must not wait
-(``timeout=0``) finds every message whose put has returned, except those still queued in
+(``timeout=0``) returns at once, without a system call, when the bound counts no message;
+it finds every message whose put has returned, except those still queued in
 a background writer: while any process has such frames it waits up to
 :data:`TRANSIT_WAIT` for them, so that a polling consumer does not take "in transit" for
 "empty".
