@@ -202,11 +202,31 @@ class BaseQueue:
             self._ack(tag)
 
     def get_many(self, max_items: int, timeout: float | None = 0) -> list[Any]:
-        """Like :meth:`receive_many`, with every message acknowledged."""
-        deliveries = self.receive_many(max_items, timeout)
-        for d in deliveries:
-            d.ack()
-        return [d.message for d in deliveries]
+        """Like :meth:`receive_many`, with every message acknowledged.
+
+        On a backend that is not ``reliable`` an ack does nothing, so the messages are taken
+        without a :class:`Delivery` each (the scheduler drains its queues this way).
+        """
+        if self.reliable:
+            deliveries = self.receive_many(max_items, timeout)
+            for d in deliveries:
+                d.ack()
+            return [d.message for d in deliveries]
+        self._check_open()
+        get, decode = self._get, self._decode
+        out: list[Any] = []
+        wait = timeout
+        while len(out) < max_items:
+            try:
+                item, tag = get(wait)
+            except QueueEmpty:
+                break
+            wait = 0
+            try:
+                out.append(decode(item, tag))
+            except SerializationError:
+                pass
+        return out
 
     # -- asyncio ------------------------------------------------------------------
     async def _poll(self, attempt, timeout: float | None):
