@@ -15,6 +15,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from conftest import require_service
 
 from spiderflow import storage
@@ -37,7 +38,13 @@ from spiderflow.message import (
 )
 from spiderflow.storage import codec
 from spiderflow.storage.base import META, METADATA
-from spiderflow.storage.taskdb import TASKS, active_queries
+from spiderflow.storage.taskdb import (
+    _INSERT_COLUMNS,
+    STATUS_CODE,
+    TASKS,
+    _DriverPlan,
+    active_queries,
+)
 
 BAD_NAME = "p'; drop table x; --"
 needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
@@ -341,6 +348,62 @@ def test_sqlite_driver_path_matches_sqlalchemy_path(tmp_path):
         storage.dispose_engines()
 
 
+def _reference_write(db, inserts: list[Task], updates: list[Task]) -> None:
+    """write_many as plain SQLAlchemy statements on dicts of the tasks' raw values."""
+    def row(task: Task) -> dict:
+        s = task.schedule
+        return {"project": task.project, "taskid": task.taskid, "url": task.url,
+                "status": STATUS_CODE[TaskStatus(task.status)], "priority": s.priority, "exetime": s.exetime,
+                "schedule": codec.dumps_part(s), "fetch": codec.dumps_part(task.fetch),
+                "process": codec.dumps_part(task.process), "track": codec.dumps_part(task.track),
+                "lastcrawltime": task.lastcrawltime, "updatetime": task.updatetime}
+    with db.engine.begin() as conn:
+        for task in updates:
+            values = row(task)
+            conn.execute(TASKS.update().where(TASKS.c.project == values.pop("project"),
+                                              TASKS.c.taskid == values.pop("taskid")).values(values))
+        for task in inserts:
+            if conn.execute(sa.select(TASKS.c.taskid).where(TASKS.c.project == task.project,
+                                                           TASKS.c.taskid == task.taskid)).first() is None:
+                conn.execute(TASKS.insert().values(row(task)))
+
+
+def test_write_many_rows_match_plain_sqlalchemy(taskdb):
+    """write_many's row tuples (times as floats, parameters in statement order) store what
+    SQLAlchemy stores from the tasks' own values: the same columns, types and JSON text."""
+    tasks = [full_task(), make_task("http://x/1", priority=-3, exetime=5),
+             Task(taskid="int-times", project="proj", url="http://x/2", status="SUCCESS",
+                  lastcrawltime=3, updatetime=4),
+             make_task("http://other/", project="other", fetch=Fetch(allow_redirects=1, timeout=0))]
+    updated = [dataclasses.replace(tasks[1], status=TaskStatus.FAILED, lastcrawltime=9, updatetime=10,
+                                   track=Track(process={"ok": False})),
+               make_task("http://missing/")]
+    extra = make_task("http://x/3", exetime=7)
+    tables = []
+    for write in (lambda i, u: taskdb.write_many(inserts=i, updates=u),
+                  lambda i, u: _reference_write(taskdb, i, u)):
+        with taskdb.engine.begin() as conn:
+            conn.execute(TASKS.delete())
+        write(tasks, [])
+        write(tasks[:2] + [extra], updated)
+        tables.append(_table(taskdb))
+    fast, reference = tables
+    assert len(fast) == 5 and fast == reference
+    assert [[type(v) for v in row] for row in fast] == [[type(v) for v in row] for row in reference]
+
+
+def test_sqlite_driver_plan_checks_the_parameter_order():
+    """The driver plan refuses a statement whose parameters are not in its tuples' order."""
+    dialect = sqlite.dialect()
+    _DriverPlan(TASKS.insert(), dialect, _INSERT_COLUMNS)
+    swapped = ("taskid", "project", *_INSERT_COLUMNS[2:])
+    with pytest.raises(RuntimeError, match="not in the order"):
+        _DriverPlan(TASKS.insert(), dialect, swapped)
+    processed = sa.Table("t_processed", sa.MetaData(), sa.Column("when", sa.DateTime))
+    with pytest.raises(RuntimeError, match="bind processors"):
+        _DriverPlan(processed.insert(), dialect, ("when",))
+
+
 def test_sqlite_driver_transaction_rolls_back_on_error(tmp_path):
     db = storage.connect_taskdb(f"sqlite:///{tmp_path}/t.db")
     try:
@@ -414,6 +477,57 @@ def test_plain_values_skip_the_copy_and_encode_the_same(value, plain):
         text = codec.dumps_part(Track(fetch=value))
         assert text == '{"fetch":' + codec._ENCODER.encode(copied) + "}"
         assert codec.loads_part(Track, text) == Track(fetch=value)
+
+
+class _Float(float):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+EDGE_VALUES = [None, True, False, 0, 1, -1, 10 ** 20, _Int(0), 0.0, -0.0, 1.5, 1e300, _Float(0.0), float("nan"),
+               float("inf"), float("-inf"), "", "GET", "é\n\"", _Text(""), {}, {"a": 1}, collections.OrderedDict(),
+               [], [1, (2,)], b"", b"\x00", (), {1: 2}]
+
+
+def _reference_dumps(part) -> str:
+    """dumps_part's contract spelled out: the non-default fields, encoded, through the JSON encoder."""
+    out = {}
+    for f in dataclasses.fields(part):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = getattr(part, f.name)
+        if not (type(value) is type(default) and value == default):
+            out[f.name] = codec.encode_value(value)
+    return codec._ENCODER.encode(out)
+
+
+@pytest.mark.parametrize("cls", [Schedule, Fetch, Process, Track])
+def test_generated_dumps_match_the_encoder_on_edge_values(cls):
+    """Every field set to values near its default (equal but of another type, -0.0, NaN,
+    subclasses, empty and non-empty containers) is written as the plain encoder writes it."""
+    for f in dataclasses.fields(cls):
+        for value in EDGE_VALUES:
+            part = cls()
+            setattr(part, f.name, value)
+            assert codec.dumps_part(part) == _reference_dumps(part), (f.name, value)
+    part = cls()
+    for f, value in zip(dataclasses.fields(cls), EDGE_VALUES[1:]):    # many fields away at once
+        setattr(part, f.name, value)
+    assert codec.dumps_part(part) == _reference_dumps(part)
+    assert codec.dumps_part(cls()) == "{}"
+
+
+def test_generated_dumps_see_a_mutated_default_container():
+    """A default dict filled in place is no longer the default (nothing is cached by identity)."""
+    fetch = Fetch()
+    assert codec.dumps_part(fetch) == "{}"
+    fetch.headers["X-A"] = "1"
+    assert codec.dumps_part(fetch) == '{"headers":{"X-A":"1"}}'
+    track = Track()
+    track.process["ok"] = True
+    assert codec.dumps_part(track) == '{"process":{"ok":true}}'
 
 
 def test_sqlite_load_active_uses_index(tmp_path):

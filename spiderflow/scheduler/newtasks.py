@@ -208,11 +208,13 @@ class NewTasks:
             self._counters.event(p.name, "pending", len(inserts))
             self._active_delta(p, len(inserts))
             self._remember(p, inserts)
+        placed = []
         for taskid, task in seen.items():
             if task.status is _ACTIVE:
                 if inserts.get(taskid) is not task:
                     self._write(task)
-                self.window.place(p, task, now)
+                placed.append(task)
+        self.window.place(p, placed, now)
 
     def _remember(self, p: ProjectState, taskids: Iterable[str]) -> None:
         """Note *taskids* as stored in taskdb; the set is emptied when it outgrows ``known_taskids``."""

@@ -26,7 +26,7 @@ every ACTIVE task, including those that were in flight.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..message import Schedule, Task
@@ -49,17 +49,19 @@ class Window:
         self.horizon = horizon
         self.load_pages = load_pages
 
-    def place(self, p: ProjectState, task: Task, now: float) -> None:
-        """A new or restarted task (already in taskdb): hold it, or leave it to the loader."""
+    def place(self, p: ProjectState, tasks: Iterable[Task], now: float) -> None:
+        """New or restarted tasks (already in taskdb): hold each, or leave it to the loader."""
         if not p.schedulable:
             return  # the sweep starts from scratch when the project is scheduled again
-        exetime = task.schedule.exetime
-        if exetime - now > self.horizon:
-            p.wake_at = min(p.wake_at, exetime - self.horizon / 2)
-            return
-        if p.more and (p.cursor_key is None or order_key(task) > p.cursor_key):
-            return  # the loader reaches it in order
-        self._hold(p, task, now)
+        horizon = self.horizon
+        for task in tasks:
+            exetime = task.schedule.exetime
+            if exetime - now > horizon:
+                p.wake_at = min(p.wake_at, exetime - horizon / 2)
+                continue
+            if p.more and (p.cursor_key is None or order_key(task) > p.cursor_key):
+                continue  # the loader reaches it in order
+            self._hold(p, task, now)
 
     def requeue(self, p: ProjectState, task: Task, now: float) -> None:
         """A task back from flight (retry, recrawl, lease expiry): hold it unless due too late."""

@@ -123,23 +123,41 @@ def _make_dumps(cls: type) -> Callable[[Any], str]:
 
     It writes the JSON object itself, member by member, exactly as ``_ENCODER`` would
     (field order, ``","``/``":"`` separators, strings unescaped beyond JSON's rules);
-    :func:`_json_value` formats strings, numbers, booleans and None without the
-    encoder's per-call set-up and hands anything else to the encoder.
+    strings, finite floats and ints are formatted inline, anything else goes through
+    :func:`_json_value` (or the encoder). A field is left out when its value has the
+    default's exact type and equals it; for a None, bool or empty dict/list default that
+    test is written as the identity or emptiness test it amounts to.
     """
     _, fields = _layout(cls)
     ns: dict[str, Any] = {"encode_value": encode_value, "_value": _json_value, "_str": _encode_str,
-                          "_plain": is_plain}
+                          "_plain": is_plain, "_float": float, "_int": int, "_frepr": float.__repr__,
+                          "_irepr": int.__repr__}
     lines = ["def dumps(part):", "    out = []"]
     for i, (name, default, default_type) in enumerate(fields):
         ns[f"_d{i}"], ns[f"_t{i}"] = default, default_type
         key = _encode_str(name) + ":"
         lines += [f"    v = part.{name}",
-                  f"    if not (type(v) is _t{i} and v == _d{i}):",
-                  f"        out.append({key!r} + (_str(v) if type(v) is str else _value(v if _plain(v) else encode_value(v))))"]
+                  f"    if {_differs(i, default, default_type)}:",
+                  "        t = type(v)",
+                  f"        out.append({key!r} + (_str(v) if t is str else _frepr(v) if t is _float and v - v == 0.0"
+                  f" else _irepr(v) if t is _int else _value(v if _plain(v) else encode_value(v))))"]
     lines.append('    return "{" + ",".join(out) + "}" if out else "{}"')
     source = "\n".join(lines) + "\n"
     exec(compile(source, f"<spiderflow.storage.codec {cls.__name__}>", "exec"), ns)  # noqa: S102 - generated here
     return ns["dumps"]
+
+
+def _differs(i: int, default: Any, default_type: type) -> str:
+    """The generated test that ``v`` is not field *i*'s default: ``not (type(v) is _t and v == _d)``.
+
+    None, True and False are the only values of their types, so that test is ``v is not
+    <default>``; a value of exactly dict or list equals an empty default when it is empty.
+    """
+    if default is None or default is True or default is False:
+        return f"v is not {default!r}"
+    if default_type in (dict, list) and not default:
+        return f"not (type(v) is _t{i} and not v)"
+    return f"not (type(v) is _t{i} and v == _d{i})"
 
 
 def _json_value(value: Any) -> str:

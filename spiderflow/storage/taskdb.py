@@ -12,7 +12,6 @@ go straight to the driver on a pooled connection, with statements compiled once.
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -90,8 +89,8 @@ class TaskDB(BaseDB):
                              .execution_options(preserve_rowcount=True))
         self._sqlite = self.dialect == "sqlite"
         if self._sqlite:
-            self._insert_plan = _DriverPlan(self._insert_stmt, engine.dialect)
-            self._update_plan = _DriverPlan(self._update_stmt, engine.dialect)
+            self._insert_plan = _DriverPlan(self._insert_stmt, engine.dialect, _INSERT_COLUMNS)
+            self._update_plan = _DriverPlan(self._update_stmt, engine.dialect, _UPDATE_COLUMNS)
 
     def _build_insert(self) -> sa.Insert:
         if self.dialect == "postgresql":
@@ -134,12 +133,8 @@ class TaskDB(BaseDB):
         Returns (rows inserted, rows matched by the updates). Nothing is written unless
         every task can be.
         """
-        ups = []
-        for task in updates:
-            row = _task_row(task)
-            row["b_project"], row["b_taskid"] = row.pop("project"), row.pop("taskid")
-            ups.append(row)
-        ins = [_task_row(t) for t in inserts]
+        ins = [_task_values(t) for t in inserts]
+        ups = [values[2:] + values[:2] for values in map(_task_values, updates)]   # in _UPDATE_COLUMNS order
         if not ins and not ups:
             return 0, 0
         op = "write_many" if ins and ups else "insert_many" if ins else "update_many"
@@ -150,8 +145,8 @@ class TaskDB(BaseDB):
                 matched = self._update_plan.run(cursor, ups) if ups else 0
                 return (self._insert_plan.run(cursor, ins) if ins else 0), matched
         with self._write(op) as conn:
-            matched = conn.execute(self._update_stmt, ups).rowcount if ups else 0
-            return (conn.execute(self._insert_stmt, ins).rowcount if ins else 0), matched
+            matched = conn.execute(self._update_stmt, _dicts(_UPDATE_COLUMNS, ups)).rowcount if ups else 0
+            return (conn.execute(self._insert_stmt, _dicts(_INSERT_COLUMNS, ins)).rowcount if ins else 0), matched
 
     def drop(self, project: str) -> int:
         """Delete every task of *project*; returns how many."""
@@ -283,31 +278,25 @@ def active_queries(project: str, after: tuple | None) -> list[sa.Select]:
 class _DriverPlan:
     """A statement compiled once for SQLite's driver, run with ``executemany`` on row tuples.
 
-    The rows go through the same bind processors SQLAlchemy would apply (floats for the
-    time columns).
+    The rows are :func:`_task_values` tuples in the statement's parameter order *columns*,
+    their floats already converted as SQLAlchemy's bind processors would; the constructor
+    checks both, so a SQLAlchemy that compiled the statement differently fails here, not
+    with misplaced values.
     """
 
-    def __init__(self, stmt: Any, dialect: sa.Dialect):
+    def __init__(self, stmt: Any, dialect: sa.Dialect, columns: tuple[str, ...]):
         compiled = stmt.compile(dialect=dialect)
-        names = compiled.positiontup or ()
+        names = tuple(compiled.positiontup or ())
+        if names != columns:
+            raise RuntimeError(f"taskdb: SQLite statement parameters {names} are not in the order {columns}")
+        processed = {name for name in names if name in compiled._bind_processors}
+        if not processed <= _FLOAT_COLUMNS:
+            raise RuntimeError(f"taskdb: unexpected SQLite bind processors for {sorted(processed - _FLOAT_COLUMNS)}")
         self.sql = compiled.string
-        self.values = operator.itemgetter(*names)
-        processors = compiled._bind_processors
-        self.processed = tuple((i, processors[n]) for i, n in enumerate(names) if n in processors)
 
-    def run(self, cursor: Any, rows: list[dict[str, Any]]) -> int:
+    def run(self, cursor: Any, rows: list[tuple]) -> int:
         """Execute for every row; returns the rows changed."""
-        values, processed = self.values, self.processed
-        params = []
-        for row in rows:
-            row_values = values(row)
-            if processed:
-                row_values = list(row_values)
-                for i, process in processed:
-                    if row_values[i] is not None:
-                        row_values[i] = process(row_values[i])
-            params.append(row_values)
-        cursor.executemany(self.sql, params)
+        cursor.executemany(self.sql, rows)
         return cursor.rowcount
 
 
@@ -329,28 +318,48 @@ _ROW_COLUMNS = ("url", "status", "priority", "exetime", "schedule", "fetch", "pr
                 "lastcrawltime", "updatetime")
 
 
-def _task_row(task: Task) -> dict[str, Any]:
-    validate_project_name(task.project)
+#: the parameters of the insert, and of the update (its key last), in the statements' order
+_INSERT_COLUMNS = ("project", "taskid", *_ROW_COLUMNS)
+_UPDATE_COLUMNS = (*_ROW_COLUMNS, "b_project", "b_taskid")
+#: the columns whose values SQLAlchemy's bind processors turn into floats (sa.Double)
+_FLOAT_COLUMNS = frozenset(("exetime", "lastcrawltime", "updatetime"))
+
+
+def _task_values(task: Task) -> tuple:
+    """The row of *task* in ``_INSERT_COLUMNS`` order, times as floats; StorageError if it cannot be stored.
+
+    The times go through ``float()`` as the bind processor of ``sa.Double`` does, so the
+    SQLite fast path can hand the tuple to the driver as it is.
+    """
+    project = task.project
+    validate_project_name(project)
     taskid = task.taskid
     if not isinstance(taskid, str) or not taskid or len(taskid) > MAX_TASKID:
-        raise StorageError(f"task id {taskid!r:.80} of project {task.project!r} must be a string of "
+        raise StorageError(f"task id {taskid!r:.80} of project {project!r} must be a string of "
                            f"1-{MAX_TASKID} characters")
-    if not isinstance(task.url, str):
-        raise StorageError(f"task {task.project}/{taskid}: url must be a string, not {task.url!r:.80}")
+    url = task.url
+    if not isinstance(url, str):
+        raise StorageError(f"task {project}/{taskid}: url must be a string, not {url!r:.80}")
     schedule = task.schedule
-    if not -_INT32 <= schedule.priority < _INT32:
-        raise StorageError(f"task {task.project}/{taskid}: priority {schedule.priority} is out of range")
+    priority = schedule.priority
+    if not -_INT32 <= priority < _INT32:
+        raise StorageError(f"task {project}/{taskid}: priority {priority} is out of range")
+    status = task.status
+    lastcrawltime = task.lastcrawltime
     try:
-        return {
-            "project": task.project, "taskid": taskid, "url": task.url,
-            "status": STATUS_CODE[task.status if type(task.status) is TaskStatus else TaskStatus(task.status)],
-            "priority": schedule.priority, "exetime": schedule.exetime,
-            "schedule": dumps_part(schedule), "fetch": dumps_part(task.fetch),
-            "process": dumps_part(task.process), "track": dumps_part(task.track),
-            "lastcrawltime": task.lastcrawltime, "updatetime": task.updatetime,
-        }
+        return (
+            project, taskid, url, STATUS_CODE[status if type(status) is TaskStatus else TaskStatus(status)],
+            priority, float(schedule.exetime),
+            dumps_part(schedule), dumps_part(task.fetch), dumps_part(task.process), dumps_part(task.track),
+            None if lastcrawltime is None else float(lastcrawltime), float(task.updatetime),
+        )
     except (TypeError, ValueError) as exc:
-        raise StorageError(f"cannot store task {task.project}/{taskid}: {exc}") from exc
+        raise StorageError(f"cannot store task {project}/{taskid}: {exc}") from exc
+
+
+def _dicts(columns: tuple[str, ...], rows: list[tuple]) -> list[dict[str, Any]]:
+    """*rows* as parameter dicts for ``Connection.execute``."""
+    return [dict(zip(columns, row)) for row in rows]
 
 
 def _columns(fields: Iterable[str] | None) -> list[sa.Column]:
