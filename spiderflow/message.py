@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import msgpack
 
@@ -73,9 +72,21 @@ def validate_project_name(name: object) -> str:
     return name
 
 
+def _md5_constructor() -> Callable[[bytes], Any]:
+    """CPython's builtin ``_md5.md5`` (cheaper per call than hashlib's OpenSSL one), else ``hashlib.md5``."""
+    try:
+        from _md5 import md5
+    except ImportError:   # a build without the builtin module
+        from hashlib import md5
+    return md5
+
+
+_md5 = _md5_constructor()
+
+
 def md5_taskid(url: str) -> str:
     """The default task id: the md5 hex digest of the URL."""
-    return hashlib.md5(url.encode("utf-8")).hexdigest()
+    return _md5(url.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -105,6 +116,7 @@ def _type_names(types: Any) -> str:
 
 
 _SLOW: Any = object()   # "not decoded on the fast path": take the checked one
+_new = object.__new__
 
 
 class _Message:
@@ -178,6 +190,155 @@ class _Message:
         """Hook for enum conversion and cross-field checks after from_dict."""
 
 
+_PLAIN = frozenset((str, int, float, bool, type(None), dict, list, bytes))
+
+
+def _plain_value(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _default_source(ns: dict[str, Any], i: int, f: dataclasses.Field) -> str | None:
+    """Source of an expression giving a fresh default of field *f* (None: it has none).
+
+    A ``dict`` or ``list`` factory becomes a literal, which is cheaper than calling it.
+    """
+    if f.default is not dataclasses.MISSING:
+        ns[f"_d{i}"] = f.default
+        return f"_d{i}"
+    if f.default_factory is dict:
+        return "{}"
+    if f.default_factory is list:
+        return "[]"
+    if f.default_factory is not dataclasses.MISSING:
+        ns[f"_f{i}"] = f.default_factory
+        return f"_f{i}()"
+    return None
+
+
+def _compile(cls: type) -> type:
+    """Generate ``cls.to_dict``, ``cls._wire`` and ``cls._fast_from_dict`` from its fields (see
+    :class:`_Message`), and ``cls._default`` when every field has a default; return *cls*.
+
+    The fast decoder accepts a dict whose every known field has exactly an accepted type
+    (``type(v) is T``, no subclasses) and whose required fields are present; it fills the
+    missing ones with the dataclass defaults, as ``cls(**kwargs)`` would. On anything else
+    it returns ``_SLOW`` and :meth:`_Message.from_dict` runs the checked decoder.
+
+    ``cls._default()`` returns a new instance equal to ``cls()``, with fresh mutable parts,
+    built by assigning the defaults to a bare ``object.__new__`` instance (cheaper than the
+    dataclass ``__init__``, so a class with a ``__post_init__`` gets none). It is the default
+    factory of the nested message fields, so a new or decoded Task gets its default parts this way.
+    """
+    name = cls.__name__
+    ns: dict[str, Any] = {"_SLOW": _SLOW, "_M": _SLOW, "_new": _new, "cls": cls,
+                          "_P": _PLAIN, "_plain": _plain_value, "_copysign": math.copysign}
+    to_parts: list[str] = []
+    wire = ["    out = {}"]
+    make = ["    o = _new(cls)"]   # the body of _default, if every field has a default
+    body = ["    if type(data) is not dict:", "        return data if isinstance(data, cls) else _SLOW",
+            "    get = data.get", "    o = _new(cls)"]
+    for i, f in enumerate(dataclasses.fields(cls)):
+        fname = f.name
+        default = _default_source(ns, i, f)
+        if fname in cls._required and (default is not None or cls._types[fname] is _ANY
+                                       or type(None) in _flatten(cls._types[fname])):
+            # the field's code below returns _SLOW for a required field that is absent or None
+            raise TypeError(f"{name}.{fname} is required: it must have no default and not accept None")
+        if make and default is not None:
+            make.append(f"    o.{fname} = {default}")
+        else:
+            make = []
+        nested = cls._nested.get(fname)
+        body.append(f"    v = get({fname!r}, _M)")
+        wire.extend(_wire_field(ns, i, f, nested))
+        if nested is not None:
+            ns[f"_n{i}"] = nested
+            to_parts.append(f"{fname!r}: None if (v{i} := self.{fname}) is None else v{i}.to_dict()")
+            body.append("    if v is _M or v is None:")
+            body.append(f"        o.{fname} = {default}" if default else "        return _SLOW")
+            body.append("    elif type(v) is dict:")
+            body.append(f"        v = _n{i}._fast_from_dict(v)")
+            body.append("        if v is _SLOW:")
+            body.append("            return _SLOW")
+            body.append(f"        o.{fname} = v")
+            body.append(f"    elif isinstance(v, _n{i}):")
+            body.append(f"        o.{fname} = v")
+            body.append("    else:")
+            body.append("        return _SLOW")
+            continue
+        to_parts.append(f"{fname!r}: v{i} if type(v{i} := self.{fname}) in _P else _plain(v{i})")
+        body.append("    if v is _M:")
+        body.append(f"        o.{fname} = {default}" if default else "        return _SLOW")
+        types = cls._types[fname]
+        if types is _ANY:
+            body.append("    else:")
+        else:
+            accepted = _flatten(types)
+            ns[f"_t{i}"] = accepted[0] if len(accepted) == 1 else frozenset(accepted)
+            body.append(f"    elif type(v) {'is' if len(accepted) == 1 else 'in'} _t{i}:")
+        body.append(f"        o.{fname} = v")
+        if types is not _ANY:
+            body.append("    else:")
+            body.append("        return _SLOW")
+    if cls._post_decode is not _Message._post_decode:
+        body.append("    o._post_decode()")
+    body.append("    return o")
+    wire.append("    return out")
+    source = (f"def to_dict(self):\n    return {{{', '.join(to_parts)}}}\n\n"
+              f"def _wire(self):\n" + "\n".join(wire) + "\n\n"
+              "def _fast_from_dict(data):\n" + "\n".join(body) + "\n")
+    if make and not hasattr(cls, "__post_init__"):
+        source += "\ndef _default():\n" + "\n".join(make) + "\n    return o\n"
+    exec(compile(source, f"<spiderflow.message {name}>", "exec"), ns)  # noqa: S102 - our own generated source
+    ns["to_dict"].__qualname__ = f"{name}.to_dict"
+    cls.to_dict = ns["to_dict"]
+    cls._wire = ns["_wire"]
+    cls._fast_from_dict = staticmethod(ns["_fast_from_dict"])
+    if "_default" in ns:
+        ns["_default"].__qualname__ = f"{name}._default"
+        cls._default = staticmethod(ns["_default"])
+    return cls
+
+
+def _wire_field(ns: dict[str, Any], i: int, f: dataclasses.Field, nested: type | None) -> list[str]:
+    """Source lines of ``_wire`` for field *f*: its plain value, left out when it equals the default.
+
+    A left-out field decodes to that same default, so the message is unchanged by the trip;
+    float defaults also compare the sign, so ``-0.0`` travels.
+    """
+    fname = f.name
+    if f.default is not dataclasses.MISSING:
+        default, has_default = f.default, True
+    elif f.default_factory is not dataclasses.MISSING:
+        default, has_default = f.default_factory(), True
+    else:
+        default, has_default = None, False
+    if nested is not None:
+        if not has_default:
+            return [f"    v = self.{fname}", f"    out[{fname!r}] = None if v is None else v._wire()"]
+        if default is None:       # e.g. StatusPack.schedule: None unless given; {} means a default Schedule
+            return [f"    v = self.{fname}", "    if v is not None:", f"        out[{fname!r}] = v._wire()"]
+        return [f"    v = self.{fname}", "    if v is None:", f"        out[{fname!r}] = None", "    else:",
+                "        v = v._wire()", "        if v:", f"            out[{fname!r}] = v"]
+    lines = [f"    v = self.{fname}"]
+    value = "v if type(v) in _P else _plain(v)"
+    if not has_default:
+        return lines + [f"    out[{fname!r}] = {value}"]
+    ns[f"_w{i}"], ns[f"_wt{i}"] = default, type(default)
+    if default is None or type(default) is bool:
+        same = f"v is _w{i}"     # the only value of its type equal to the default
+    elif type(default) is dict and not default:
+        same = "type(v) is dict and not v"
+    else:
+        same = f"type(v) is _wt{i} and v == _w{i}"
+        if isinstance(default, float):
+            same += f" and _copysign(1.0, v) == _copysign(1.0, _w{i})"
+        if default == default:   # the default object itself (not NaN) passes the test above
+            same = f"v is _w{i} or {same}"
+    return lines + [f"    if not ({same}):", f"        out[{fname!r}] = {value}"]
+
+
+@_compile
 @dataclass(slots=True)
 class Schedule(_Message):
     """How and when the scheduler runs a task."""
@@ -198,6 +359,7 @@ class Schedule(_Message):
     }
 
 
+@_compile
 @dataclass(slots=True)
 class Fetch(_Message):
     """What the fetcher does for a task (the self.crawl fetch options).
@@ -236,6 +398,7 @@ class Fetch(_Message):
     }
 
 
+@_compile
 @dataclass(slots=True)
 class Process(_Message):
     """Which callback handles the fetched page, and how long it may run."""
@@ -246,6 +409,7 @@ class Process(_Message):
     _types: ClassVar[dict[str, Any]] = {"callback": _OPT_STR, "time_limit": _OPT_NUM}
 
 
+@_compile
 @dataclass(slots=True)
 class Track(_Message):
     """What the last fetch and process reported (filled by the processor's status pack).
@@ -260,6 +424,7 @@ class Track(_Message):
     _types: ClassVar[dict[str, Any]] = {"fetch": dict, "process": dict}
 
 
+@_compile
 @dataclass(slots=True)
 class Task(_Message):
     """One URL of one project, with everything needed to fetch, process and reschedule it."""
@@ -268,10 +433,10 @@ class Task(_Message):
     project: str
     url: str
     status: TaskStatus = TaskStatus.ACTIVE
-    schedule: Schedule = field(default_factory=Schedule)
-    fetch: Fetch = field(default_factory=Fetch)
-    process: Process = field(default_factory=Process)
-    track: Track = field(default_factory=Track)
+    schedule: Schedule = field(default_factory=Schedule._default)
+    fetch: Fetch = field(default_factory=Fetch._default)
+    process: Process = field(default_factory=Process._default)
+    track: Track = field(default_factory=Track._default)
     lastcrawltime: float | None = None
     updatetime: float = 0.0
 
@@ -291,6 +456,26 @@ class Task(_Message):
         validate_project_name(project)
         return cls(taskid=taskid or md5_taskid(url), project=project, url=url,
                    updatetime=time.time(), **parts)
+
+    @classmethod
+    def follow(cls, taskid: str, project: str, url: str, callback: str | None, updatetime: float) -> Task:
+        """``Task(taskid=taskid, project=project, url=url, process=Process(callback=callback),
+        updatetime=updatetime)``, built cheaper: the new task of a plain ``self.crawl(url,
+        callback=...)``. Like the constructor it checks nothing, and every part is a new object.
+        """
+        task = _new(cls)
+        task.taskid = taskid
+        task.project = project
+        task.url = url
+        task.status = TaskStatus.ACTIVE
+        task.schedule = Schedule._default()
+        task.fetch = Fetch._default()
+        task.process = process = Process._default()
+        process.callback = callback
+        task.track = Track._default()
+        task.lastcrawltime = None
+        task.updatetime = updatetime
+        return task
 
     @classmethod
     def from_dict(cls, data: Any) -> Task:
@@ -318,6 +503,7 @@ class Task(_Message):
         return Task.from_dict(_deepcopy_dict(self.to_dict()))
 
 
+@_compile
 @dataclass(slots=True)
 class FetchResult(_Message):
     """What the fetcher got for a task. Failures are status 599 (or the right code) with ``error``."""
@@ -344,6 +530,7 @@ class FetchResult(_Message):
         return self.error is None and 200 <= self.status_code < 400
 
 
+@_compile
 @dataclass(slots=True)
 class StatusPack(_Message):
     """Processor → scheduler: how a task went (its identity, its schedule, and ``track``)."""
@@ -351,7 +538,7 @@ class StatusPack(_Message):
     taskid: str
     project: str
     url: str
-    track: Track = field(default_factory=Track)
+    track: Track = field(default_factory=Track._default)
     schedule: Schedule | None = None
 
     _types: ClassVar[dict[str, Any]] = {
@@ -364,6 +551,7 @@ class StatusPack(_Message):
         validate_project_name(self.project)
 
 
+@_compile
 @dataclass(slots=True)
 class ResultPack(_Message):
     """Processor → result worker: one result of one task, upserted by (project, taskid)."""
@@ -415,121 +603,6 @@ def special_task(project: str, taskid: str, *, save: Any = None, priority: int =
 
 
 _STATUS_OF: dict[str, TaskStatus] = {s.value: s for s in TaskStatus}
-_PLAIN = frozenset((str, int, float, bool, type(None), dict, list, bytes))
-
-
-def _plain_value(value: Any) -> Any:
-    return value.value if isinstance(value, enum.Enum) else value
-
-
-def _compile(cls: type) -> None:
-    """Generate ``cls.to_dict`` and ``cls._fast_from_dict`` from its fields (see :class:`_Message`).
-
-    The fast decoder accepts a dict whose every known field has exactly an accepted type
-    (``type(v) is T``, no subclasses) and whose required fields are present; it fills the
-    missing ones with the dataclass defaults, as ``cls(**kwargs)`` would. On anything else
-    it returns ``_SLOW`` and :meth:`_Message.from_dict` runs the checked decoder.
-    """
-    name = cls.__name__
-    ns: dict[str, Any] = {"_SLOW": _SLOW, "_M": _SLOW, "_new": object.__new__, "cls": cls,
-                          "_P": _PLAIN, "_plain": _plain_value, "_copysign": math.copysign}
-    to_parts: list[str] = []
-    wire = ["    out = {}"]
-    body = ["    if type(data) is not dict:", "        return data if isinstance(data, cls) else _SLOW",
-            "    get = data.get", "    o = _new(cls)"]
-    for n in cls._required:
-        body.append(f"    if get({n!r}) is None:")
-        body.append("        return _SLOW")
-    for i, f in enumerate(dataclasses.fields(cls)):
-        fname = f.name
-        if f.default is not dataclasses.MISSING:
-            ns[f"_d{i}"] = f.default
-            default = f"_d{i}"
-        elif f.default_factory is not dataclasses.MISSING:
-            ns[f"_f{i}"] = f.default_factory
-            default = f"_f{i}()"
-        else:
-            default = None
-        nested = cls._nested.get(fname)
-        body.append(f"    v = get({fname!r}, _M)")
-        wire.extend(_wire_field(ns, i, f, nested))
-        if nested is not None:
-            ns[f"_n{i}"] = nested
-            to_parts.append(f"{fname!r}: None if (v{i} := self.{fname}) is None else v{i}.to_dict()")
-            body.append("    if v is _M or v is None:")
-            body.append(f"        o.{fname} = {default}" if default else "        return _SLOW")
-            body.append("    elif type(v) is dict:")
-            body.append(f"        v = _n{i}._fast_from_dict(v)")
-            body.append("        if v is _SLOW:")
-            body.append("            return _SLOW")
-            body.append(f"        o.{fname} = v")
-            body.append(f"    elif isinstance(v, _n{i}):")
-            body.append(f"        o.{fname} = v")
-            body.append("    else:")
-            body.append("        return _SLOW")
-            continue
-        to_parts.append(f"{fname!r}: v{i} if type(v{i} := self.{fname}) in _P else _plain(v{i})")
-        body.append("    if v is _M:")
-        body.append(f"        o.{fname} = {default}" if default else "        return _SLOW")
-        types = cls._types[fname]
-        if types is _ANY:
-            body.append("    else:")
-        else:
-            accepted = _flatten(types)
-            ns[f"_t{i}"] = accepted[0] if len(accepted) == 1 else frozenset(accepted)
-            body.append(f"    elif type(v) {'is' if len(accepted) == 1 else 'in'} _t{i}:")
-        body.append(f"        o.{fname} = v")
-        if types is not _ANY:
-            body.append("    else:")
-            body.append("        return _SLOW")
-    if cls._post_decode is not _Message._post_decode:
-        body.append("    o._post_decode()")
-    body.append("    return o")
-    wire.append("    return out")
-    source = (f"def to_dict(self):\n    return {{{', '.join(to_parts)}}}\n\n"
-              f"def _wire(self):\n" + "\n".join(wire) + "\n\n"
-              "def _fast_from_dict(data):\n" + "\n".join(body) + "\n")
-    exec(compile(source, f"<spiderflow.message {name}>", "exec"), ns)  # noqa: S102 - our own generated source
-    ns["to_dict"].__qualname__ = f"{name}.to_dict"
-    cls.to_dict = ns["to_dict"]
-    cls._wire = ns["_wire"]
-    cls._fast_from_dict = staticmethod(ns["_fast_from_dict"])
-
-
-def _wire_field(ns: dict[str, Any], i: int, f: dataclasses.Field, nested: type | None) -> list[str]:
-    """Source lines of ``_wire`` for field *f*: its plain value, left out when it equals the default.
-
-    A left-out field decodes to that same default, so the message is unchanged by the trip;
-    float defaults also compare the sign, so ``-0.0`` travels.
-    """
-    fname = f.name
-    if f.default is not dataclasses.MISSING:
-        default, has_default = f.default, True
-    elif f.default_factory is not dataclasses.MISSING:
-        default, has_default = f.default_factory(), True
-    else:
-        default, has_default = None, False
-    if nested is not None:
-        if not has_default:
-            return [f"    v = self.{fname}", f"    out[{fname!r}] = None if v is None else v._wire()"]
-        if default is None:       # e.g. StatusPack.schedule: None unless given; {} means a default Schedule
-            return [f"    v = self.{fname}", "    if v is not None:", f"        out[{fname!r}] = v._wire()"]
-        return [f"    v = self.{fname}", "    if v is None:", f"        out[{fname!r}] = None", "    else:",
-                "        v = v._wire()", "        if v:", f"            out[{fname!r}] = v"]
-    lines = [f"    v = self.{fname}"]
-    value = "v if type(v) in _P else _plain(v)"
-    if not has_default:
-        return lines + [f"    out[{fname!r}] = {value}"]
-    ns[f"_w{i}"], ns[f"_wt{i}"] = default, type(default)
-    same = f"type(v) is _wt{i} and v == _w{i}"
-    if isinstance(default, float):
-        same += f" and _copysign(1.0, v) == _copysign(1.0, _w{i})"
-    return lines + [f"    if not ({same}):", f"        out[{fname!r}] = {value}"]
-
-
-for _cls in (Schedule, Fetch, Process, Track, Task, FetchResult, StatusPack, ResultPack):
-    _compile(_cls)
-del _cls
 
 
 MESSAGE_TYPES: dict[str, type] = {
@@ -558,6 +631,28 @@ def _encode_one(msg: Any) -> list:
     return [tag, msg._wire()]
 
 
+_PACKER_BUFFER = 64 * 1024
+_PACKERS: list[msgpack.Packer] = []   # idle packers, see _packb
+
+
+def _packb(value: Any) -> bytes:
+    """``msgpack.packb(value, use_bin_type=True)`` without making a Packer (and its buffer) per call.
+
+    A call pops an idle packer or makes one, and puts it back after a pack that did not
+    grow its buffer; ``list.pop`` and ``append`` are atomic, so threads and nested calls
+    never share a packer, and the packers kept hold at most ``_PACKER_BUFFER`` bytes each.
+    A pack that raises drops its packer. The bytes and errors are those of ``msgpack.packb``.
+    """
+    try:
+        packer = _PACKERS.pop()
+    except IndexError:
+        packer = msgpack.Packer(use_bin_type=True, buf_size=_PACKER_BUFFER)
+    data = packer.pack(value)
+    if len(data) <= _PACKER_BUFFER:
+        _PACKERS.append(packer)
+    return data
+
+
 def pack(msg: Message | tuple) -> bytes:
     """Serialize a message, or a tuple of messages, to msgpack bytes."""
     if isinstance(msg, tuple):
@@ -567,7 +662,7 @@ def pack(msg: Message | tuple) -> bytes:
         body = _encode_one(msg)
         kind = "one"
     try:
-        return msgpack.packb({"v": SCHEMA_VERSION, "k": kind, "b": body}, use_bin_type=True)
+        return _packb({"v": SCHEMA_VERSION, "k": kind, "b": body})
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"cannot pack {type(msg).__name__}: {exc}") from exc
 
@@ -608,7 +703,7 @@ def unpack(data: bytes) -> Message | tuple:
 def packb_value(value: Any) -> bytes:
     """msgpack an arbitrary plain value (counters, control payloads)."""
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        return _packb(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"cannot pack value: {exc}") from exc
 

@@ -334,3 +334,21 @@ def test_config_of_a_callback_applies_whether_named_or_bound():
     bound = h.crawl("http://example.com/b", callback=h.index_page)
     for task in (by_name, bound):
         assert (task.schedule.age, task.schedule.priority, task.fetch.timeout) == (3600, 2, 20)
+
+
+def test_plain_crawl_builds_the_task_of_the_general_path():
+    from spiderflow.message import Process, pack
+    from spiderflow.processor.crawl import build_task
+
+    url = "http://example.com/a?b=1"
+    fast = build_task("p", url, {"callback": "detail_page"}, "detail_page", None, 5.0)
+    general = build_task("p", url, {"callback": "detail_page", "priority": 0}, "detail_page", None, 5.0)
+    assert fast == general == Task(taskid=md5_taskid(url), project="p", url=url,
+                                   process=Process(callback="detail_page"), updatetime=5.0)
+    assert pack(fast) == pack(general)
+    other = build_task("p", url, {"callback": "detail_page"}, "detail_page", None, 5.0)
+    fast.schedule.priority = 9
+    fast.fetch.headers["X"] = "1"
+    fast.process.callback = "index_page"
+    fast.track.fetch["ok"] = True
+    assert other == general

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
+import sys
+from collections import OrderedDict
 
 import msgpack
 import pytest
 
 from spiderflow.exceptions import InvalidProjectName, SerializationError
+from spiderflow import message
 from spiderflow.message import (
     _SLOW,
     MESSAGE_TYPES,
@@ -254,3 +259,182 @@ def test_decode_cases_cover_the_fast_path():
 def test_unhashable_or_odd_tags_are_serialization_errors(tag):
     with pytest.raises(SerializationError, match="not a tagged spiderflow message"):
         unpack(msgpack.packb({"v": SCHEMA_VERSION, "k": "one", "b": [tag, {}]}))
+
+
+# -- cheap construction and packing give what the plain ways give --------------------
+
+PARTS = (Schedule, Fetch, Process, Track)
+
+
+@pytest.mark.parametrize("cls", PARTS)
+def test_default_part_equals_the_constructor_and_owns_its_values(cls):
+    a, b = cls._default(), cls._default()
+    assert type(a) is cls and a == cls() and b == cls()   # == reads every field: none is left unset
+    for f in dataclasses.fields(cls):
+        value = getattr(a, f.name)
+        if isinstance(value, dict):
+            assert value is not getattr(b, f.name)
+            value["changed"] = 1
+    assert b == cls()
+
+
+def test_only_messages_without_required_fields_have_a_default():
+    assert [cls for cls in (*PARTS, *MESSAGE_TYPES.values()) if hasattr(cls, "_default")] == list(PARTS)
+
+
+def _independent(a: Task, b: Task) -> None:
+    """Mutating every part of *a* leaves *b* as it was."""
+    before = b.to_dict()
+    for part in (a.schedule, a.fetch, a.process, a.track):
+        assert all(part is not other for other in (b.schedule, b.fetch, b.process, b.track))
+    a.schedule.retried += 1
+    a.fetch.headers["X"] = "1"
+    a.fetch.cookies["c"] = "1"
+    a.process.callback = "other"
+    a.track.fetch["ok"] = True
+    a.track.process["ok"] = True
+    assert b.to_dict() == before
+
+
+def test_new_tasks_get_their_own_default_parts():
+    a, b = Task("t", "p", "http://a/"), Task("t", "p", "http://a/")
+    assert (a.schedule, a.fetch, a.process, a.track) == (Schedule(), Fetch(), Process(), Track())
+    _independent(a, b)
+    wire = pack(Task("t", "p", "http://a/"))
+    c, d = unpack(wire), unpack(wire)
+    assert c == Task("t", "p", "http://a/")
+    _independent(c, d)
+    _independent(d, Task("t", "p", "http://a/"))
+
+
+@pytest.mark.parametrize("callback", ["index_page", None])
+def test_follow_equals_the_constructor(callback):
+    task = Task.follow("id", "p", "http://a/", callback, 1.5)
+    expected = Task(taskid="id", project="p", url="http://a/", process=Process(callback=callback), updatetime=1.5)
+    assert task == expected and type(task.status) is TaskStatus
+    assert pack(task) == pack(expected)
+    _independent(task, Task.follow("id", "p", "http://a/", callback, 1.5))
+    _independent(Task.follow("id", "p", "http://a/", callback, 1.5), task)
+
+
+def _reference_wire(msg) -> dict:
+    """What a packed message holds: every field but those of the default's type and value
+    (and sign, for floats); a nested part as its own wire, left out when that is empty."""
+    out = {}
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if f.name in msg._nested:
+            if f.default is None and value is None:
+                continue
+            wire = None if value is None else _reference_wire(value)
+            if wire or f.default_factory is dataclasses.MISSING or value is None:
+                out[f.name] = wire
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            out[f.name] = value.value if isinstance(value, TaskStatus) else value
+            continue
+        if (type(value) is type(default) and value == default
+                and (not isinstance(value, float) or math.copysign(1, value) == math.copysign(1, default))):
+            continue
+        out[f.name] = value.value if isinstance(value, TaskStatus) else value
+    return out
+
+
+#: Values near the defaults: equal ones of another type, the other bool, -0.0, NaN, empty containers.
+NEAR_DEFAULTS = [None, True, False, 0, 1, -1, 3, 0.0, -0.0, 1.0, -1.0, math.nan, "", "GET", "get", {}, {"a": "1"},
+                 OrderedDict(), [], b"", TaskStatus.ACTIVE, TaskStatus.SUCCESS, "ACTIVE"]
+
+
+@pytest.mark.parametrize("cls", [*PARTS, *MESSAGE_TYPES.values()])
+def test_wire_leaves_out_exactly_the_default_values(cls):
+    base = {Task: full_task(), FetchResult: FetchResult(200, "http://a/"), StatusPack: StatusPack("t", "p", "u"),
+            ResultPack: ResultPack("p", "t", "u")}.get(cls) or cls()
+    for f in dataclasses.fields(cls):
+        for value in ([None, cls._nested[f.name]()] if f.name in cls._nested else NEAR_DEFAULTS):
+            msg = dataclasses.replace(base)
+            setattr(msg, f.name, value)
+            assert msg._wire() == _reference_wire(msg), (f.name, value)
+    for tag, message_class in MESSAGE_TYPES.items():
+        if message_class is cls:
+            expected = msgpack.packb({"v": SCHEMA_VERSION, "k": "one", "b": [tag, _reference_wire(base)]},
+                                     use_bin_type=True)
+            assert pack(base) == expected
+
+
+def test_a_task_of_default_parts_packs_to_its_identity_and_callback():
+    task = Task.follow("id", "p", "http://a/", "index_page", 1.5)
+    assert msgpack.unpackb(pack(task))["b"] == [
+        "task", {"taskid": "id", "project": "p", "url": "http://a/", "process": {"callback": "index_page"},
+                 "updatetime": 1.5}]
+
+
+class _PackingDict(dict):
+    """A dict whose items() packs another value first: a pack inside a pack."""
+
+    def items(self):
+        assert message._packb({"inner": [1, 2, 3]}) == msgpack.packb({"inner": [1, 2, 3]}, use_bin_type=True)
+        return super().items()
+
+
+@pytest.mark.parametrize("value", [
+    {"a": 1}, [b"\x00", "é", 2.5, None, True, -(2 ** 63), 2 ** 64 - 1], {"nested": _PackingDict(x=1)},
+    b"x" * 200_000,
+])
+def test_packb_gives_msgpack_bytes(value):
+    assert message._packb(value) == msgpack.packb(value, use_bin_type=True)
+    assert message._packb(value) == msgpack.packb(value, use_bin_type=True)
+
+
+def test_packers_are_reused_unless_grown_or_failed(monkeypatch):
+    monkeypatch.setattr(message, "_PACKERS", [])
+    message._packb({"a": 1})
+    kept = list(message._PACKERS)
+    assert len(kept) == 1
+    message._packb({"b": 2})
+    assert message._PACKERS == kept
+    message._packb(b"x" * (message._PACKER_BUFFER + 1))   # its grown buffer is not kept
+    assert message._PACKERS == []
+    with pytest.raises(TypeError):
+        message._packb({"a": object()})
+    assert message._PACKERS == []
+
+
+@pytest.mark.parametrize("value, error", [
+    ({"a": object()}, "cannot pack value: can not serialize 'object' object"),
+    ({"a": 2 ** 64}, "cannot pack value: Integer value out of range"),
+])
+def test_pack_errors_are_those_of_msgpack(value, error):
+    from spiderflow.message import packb_value
+
+    for _ in range(2):
+        with pytest.raises(SerializationError, match=f"^{error}$"):
+            packb_value(value)
+        assert packb_value({"ok": [1]}) == msgpack.packb({"ok": [1]}, use_bin_type=True)
+    task = Task.follow("id", "p", "http://a/", "index_page", 1.5)
+    task.fetch.save = value
+    with pytest.raises(SerializationError, match=f"^cannot pack Task: {error.removeprefix('cannot pack value: ')}$"):
+        pack(task)
+
+
+def test_md5_taskid_uses_the_builtin_md5_or_hashlib(monkeypatch):
+    urls = ["", "http://a/", "http://example.com/é?q=ü#frag", "x" * 10_000]
+    assert [md5_taskid(u) for u in urls] == [hashlib.md5(u.encode()).hexdigest() for u in urls]
+    assert message._md5_constructor() is pytest.importorskip("_md5").md5
+    monkeypatch.setitem(sys.modules, "_md5", None)     # a Python built without it
+    assert message._md5_constructor() is hashlib.md5
+
+
+@pytest.mark.parametrize("annotation, types", [(str, str), (str | None, (str, type(None))), (str, object)])
+def test_a_required_field_must_have_no_default_and_refuse_none(annotation, types):
+    @dataclasses.dataclass(slots=True)
+    class Odd(message._Message):
+        name: annotation = "x" if annotation is str and types is str else dataclasses.MISSING
+        _types = {"name": types}
+        _required = ("name",)
+
+    with pytest.raises(TypeError, match="^Odd.name is required: it must have no default and not accept None$"):
+        message._compile(Odd)

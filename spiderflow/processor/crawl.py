@@ -135,8 +135,7 @@ def build_task(project: str, url: str, opts: dict[str, Any], callback: str | Non
     """The Task for one URL; *opts* are merged and checked, *callback* is a method name."""
     if get_taskid is None and opts.keys() <= _CALLBACK_ONLY:
         # the common self.crawl(url, callback=...): every part at its default
-        return Task(taskid=md5_taskid(url), project=project, url=url, process=Process(callback=callback),
-                    updatetime=now)
+        return Task.follow(md5_taskid(url), project, url, callback, now)
     fetch_kw: dict[str, Any] = {}
     schedule_kw: dict[str, Any] = {}
     time_limit = None
