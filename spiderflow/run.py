@@ -73,8 +73,8 @@ def open_databases(settings: Settings) -> Databases:
 
 
 def open_queues(settings: Settings, default: str = "memory://") -> dict[str, BaseQueue]:
-    """The five pipeline queues on ``settings.queue`` (or *default*), bounded by queue_maxsize."""
-    return connect_queues(settings.queue or default, settings.queue_maxsize)
+    """The five pipeline queues on ``settings.queue`` (or *default*), bounded by ``settings.queue_bounds()``."""
+    return connect_queues(settings.queue or default, settings.queue_bounds())
 
 
 def queue_scheme(settings: Settings, default: str) -> str:
@@ -552,7 +552,7 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
     finally:
         dbs.close()
     kwargs = {"context": ctx} if queue_scheme(settings, queue_url) == "multiprocessing" else {}
-    queues = connect_queues(queue_url, settings.queue_maxsize, **kwargs)
+    queues = connect_queues(queue_url, settings.queue_bounds(), **kwargs)
     plan = [("scheduler", 1), ("fetcher", settings.fetcher_num), ("processor", settings.processor_num),
             ("result-worker", settings.result_worker_num)] + ([("webui", 1)] if webui else [])
     supervisor = _Supervisor(ctx, settings, queues)

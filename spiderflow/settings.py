@@ -26,6 +26,10 @@ except ImportError:  # Python 3.10
 ENV_PREFIX = "SPIDERFLOW_"
 
 
+#: Links per page the default bound of ``newtask_queue`` allows for (see Settings.queue_bounds).
+NEWTASK_LINKS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every tunable of spiderflow with its default. Field names are the config-file keys."""
@@ -37,6 +41,7 @@ class Settings:
     resultdb: str | None = None        # None: sqlite:///<data_dir>/result.db
     queue: str | None = None           # None: memory:// in one process, multiprocessing for `all`
     queue_maxsize: int = 100
+    newtask_queue_maxsize: int | None = None   # None: NEWTASK_LINKS × queue_maxsize (see queue_bounds)
     log_level: str = "INFO"
 
     # -- scheduler -----------------------------------------------------------
@@ -115,6 +120,23 @@ class Settings:
             return url
         name = {"taskdb": "task", "projectdb": "project", "resultdb": "result"}[role]
         return f"sqlite:///{os.path.join(self.data_dir, name + '.db')}"
+
+    def queue_bounds(self) -> dict[str, int]:
+        """The bound of each pipeline queue, in messages.
+
+        Every queue holds ``queue_maxsize`` messages except ``newtask_queue``: it carries one
+        message per link, and a page sends all its links at once, so unless
+        ``newtask_queue_maxsize`` is set it holds ``NEWTASK_LINKS × queue_maxsize`` — the links
+        of about ``queue_maxsize`` pages, as pyspider's newtask_queue held ``queue_maxsize``
+        lists of a page's follows. Bounded at 100 links, the processor stalled every few pages
+        waiting for the scheduler to drain it.
+        """
+        from .queues import QUEUE_NAMES
+
+        bounds = dict.fromkeys(QUEUE_NAMES, self.queue_maxsize)
+        newtask = self.newtask_queue_maxsize
+        bounds["newtask_queue"] = NEWTASK_LINKS * self.queue_maxsize if newtask is None else newtask
+        return bounds
 
     def retry_delay_for(self, retried: int) -> float:
         """The delay before retry number *retried* (0 for the first retry)."""

@@ -84,3 +84,20 @@ def test_unknown_override_is_an_error():
 def test_replace_keeps_other_values():
     settings = load_settings(overrides={"poolsize": 3}).replace(timeout="9")
     assert settings.poolsize == 3 and settings.timeout == 9.0
+
+
+def test_queue_bounds_give_newtask_queue_room_for_a_page_of_links():
+    from spiderflow.queues import QUEUE_NAMES
+    from spiderflow.run import open_queues
+    from spiderflow.settings import NEWTASK_LINKS
+
+    bounds = Settings().queue_bounds()
+    assert set(bounds) == set(QUEUE_NAMES)
+    assert bounds["newtask_queue"] == NEWTASK_LINKS * 100 and bounds["status_queue"] == 100
+    assert load_settings(overrides={"queue_maxsize": 7}).queue_bounds()["newtask_queue"] == NEWTASK_LINKS * 7
+    settings = load_settings(env={"SPIDERFLOW_NEWTASK_QUEUE_MAXSIZE": "50", "SPIDERFLOW_QUEUE_MAXSIZE": "3"})
+    assert settings.queue_bounds() == {**dict.fromkeys(QUEUE_NAMES, 3), "newtask_queue": 50}
+    queues = open_queues(settings)    # what the components are given
+    assert {name: q.maxsize for name, q in queues.items()} == settings.queue_bounds()
+    with pytest.raises(ConfigError, match="newtask_queue_maxsize"):
+        load_settings(env={"SPIDERFLOW_NEWTASK_QUEUE_MAXSIZE": "many"})

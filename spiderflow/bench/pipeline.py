@@ -58,7 +58,7 @@ class Processes:
     def __init__(self, settings: Settings, null_fetcher: bool):
         self.settings = settings
         self.ctx = multiprocessing.get_context("fork")
-        self.queues = connect_queues("multiprocessing://", settings.queue_maxsize, context=self.ctx)
+        self.queues = connect_queues("multiprocessing://", settings.queue_bounds(), context=self.ctx)
         self.plan = [("scheduler", 1), ("fetcher", max(1, settings.fetcher_num)),
                      ("processor", max(1, settings.processor_num)),
                      ("result-worker", max(1, settings.result_worker_num))]

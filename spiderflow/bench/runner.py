@@ -160,6 +160,7 @@ def _run(config: BenchConfig, settings: Settings, workload: Workload, server_pid
                     "seconds": workload.seconds, "fetcher_num": settings.fetcher_num,
                     "processor_num": settings.processor_num, "result_worker_num": settings.result_worker_num,
                     "poolsize": settings.poolsize, "queue_maxsize": settings.queue_maxsize,
+                    "newtask_queue_maxsize": settings.queue_bounds()["newtask_queue"],
                     "start_url": workload.start_url},
         )
     finally:

@@ -26,7 +26,7 @@ def _run(ctx: click.Context, kind: str, burst: bool, **overrides) -> None:
     if scheme in LOCAL_QUEUES:
         raise ConfigError(f"a {scheme}:// queue cannot be shared with other processes; use redis:// or amqp:// "
                           "for separately started components, or `spiderflow all`")
-    queues = connect_queues(settings.queue, settings.queue_maxsize)
+    queues = connect_queues(settings.queue, settings.queue_bounds())
     run_component(kind, settings, queues, burst=burst)
 
 

@@ -38,7 +38,7 @@ def webui(ctx: click.Context, **options) -> None:
     settings = get_settings(ctx, **options)
     queues = None
     if settings.queue and settings.queue.split("://", 1)[0].lower() not in LOCAL_QUEUES:
-        queues = connect_queues(settings.queue, settings.queue_maxsize)
+        queues = connect_queues(settings.queue, settings.queue_bounds())
     server = build_webui(settings, queues=queues)
     install_stop_signals(server.stop, "webui")
     click.echo(f"spiderflow web UI on {server.url}", err=True)

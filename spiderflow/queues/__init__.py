@@ -14,6 +14,7 @@ nothing until its scheme is used.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import ConfigError, UnknownSchemeError
@@ -53,9 +54,17 @@ def connect_queue(url: str, name: str, maxsize: int = 0, **kwargs: Any) -> BaseQ
     return backend_class(url)(name, maxsize, url=url, **kwargs)
 
 
-def connect_queues(url: str, maxsize: int = 0, names: tuple[str, ...] = QUEUE_NAMES, **kwargs: Any) -> dict[str, BaseQueue]:
-    """Open every pipeline queue on one backend: ``{name: queue}``."""
-    return {name: connect_queue(url, name, maxsize, **kwargs) for name in names}
+def connect_queues(url: str, maxsize: int | Mapping[str, int] = 0, names: tuple[str, ...] = QUEUE_NAMES,
+                   **kwargs: Any) -> dict[str, BaseQueue]:
+    """Open every pipeline queue on one backend: ``{name: queue}``.
+
+    *maxsize* bounds every queue, or is a ``{name: bound}`` mapping
+    (:meth:`spiderflow.settings.Settings.queue_bounds`).
+    """
+    def bound(name: str) -> int:
+        return maxsize if isinstance(maxsize, int) else maxsize[name]
+
+    return {name: connect_queue(url, name, bound(name), **kwargs) for name in names}
 
 
 __all__ = ["BACKENDS", "BaseQueue", "Delivery", "QUEUE_NAMES", "backend_class", "connect_queue", "connect_queues"]
