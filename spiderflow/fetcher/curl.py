@@ -66,7 +66,8 @@ class CurlClient:
         self.max_clients = max(1, max_clients)
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        # libcurl must not be re-entered from its own callback: its timer acts on a later loop turn
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._schedule_timeout)
         self._fds: dict[int, int] = {}                 # fd → POLL_* libcurl asked for
         self._timer: asyncio.TimerHandle | None = None
         self._running: dict[pycurl.Curl, asyncio.Future] = {}
@@ -172,14 +173,10 @@ class CurlClient:
         if event == pycurl.POLL_REMOVE:
             return
         if event in (pycurl.POLL_IN, pycurl.POLL_INOUT):
-            loop.add_reader(fd, self._on_ready, fd, pycurl.CSELECT_IN)
+            loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
         if event in (pycurl.POLL_OUT, pycurl.POLL_INOUT):
-            loop.add_writer(fd, self._on_ready, fd, pycurl.CSELECT_OUT)
+            loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
         self._fds[fd] = event
-
-    def _on_timer(self, msecs: int) -> None:
-        # libcurl must not be re-entered from its own callback: act on the loop's next turn
-        self._schedule_timeout(msecs)
 
     def _schedule_timeout(self, msecs: int) -> None:
         if self._timer is not None:
@@ -187,9 +184,6 @@ class CurlClient:
             self._timer = None
         if msecs >= 0 and not self.closed:
             self._timer = self.loop.call_later(msecs / 1000.0, self._on_timeout)
-
-    def _on_ready(self, fd: int, action: int) -> None:
-        self._act(fd, action)
 
     def _on_timeout(self) -> None:
         self._timer = None
