@@ -372,6 +372,8 @@ def test_amqp_reject_requeues_and_reject_without_requeue_drops(amqp_env):
 def test_amqp_malformed_message_is_dropped(amqp_env):
     make, _url, ch = amqp_env
     q = make()
+    # Two connections give no order between them: confirm the garbage is queued before the good one.
+    ch.confirm_delivery()
     ch.basic_publish("", q.name, b"\xc1garbage")
     q.put(task(1))
     with pytest.raises(SerializationError):
