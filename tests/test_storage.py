@@ -9,7 +9,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import multiprocessing
+import os
 import random
+import shutil
+import sqlite3
 import threading
 import time
 
@@ -37,6 +40,7 @@ from spiderflow.message import (
     Track,
 )
 from spiderflow.storage import codec
+from spiderflow.storage import engine as engine_module
 from spiderflow.storage.base import META, METADATA
 from spiderflow.storage.taskdb import (
     _INSERT_COLUMNS,
@@ -442,12 +446,100 @@ def test_sqlite_hot_path_connection_is_shared_by_threads_and_returned_on_close(t
         for t in threads:
             t.join(60)
         assert db.count("proj") == 4 * 20 * 10
-        assert db.engine.pool.checkedout() == 1         # the one connection it keeps
+        assert db.engine.pool.checkedout() == 2         # the one it keeps, and its WAL checkpointer's
         db.close()
         assert other.engine.pool.checkedout() == 0
+        assert not [t for t in threading.enumerate() if t.name == "sqlite-wal-checkpoint"]
     finally:
         db.close()
         other.close()
+        storage.dispose_engines()
+
+
+def _child_writes(url: str) -> None:
+    db = storage.connect_taskdb(url)
+    db.insert_many([make_task(f"http://child/{os.getpid()}/{i}") for i in range(20)])
+    db.close()
+
+
+@needs_fork
+def test_fork_waits_for_a_running_wal_checkpoint(tmp_path):
+    """A child is never forked while the checkpoint thread is inside SQLite (it would inherit
+    SQLite's locks held by a thread it does not have), and it can use SQLite afterwards."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    db = storage.connect_taskdb(url)
+    exitcodes = []
+    forked = threading.Event()
+
+    def fork() -> None:
+        child = multiprocessing.get_context("fork").Process(target=_child_writes, args=(url,))
+        child.start()
+        forked.set()
+        child.join(20)
+        exitcodes.append(child.exitcode)
+
+    try:
+        db.insert_many([make_task(f"http://p/{i}") for i in range(300)])
+        checkpointer = db._checkpointer
+        checkpointer._busy.acquire()                   # as the thread holds it around a checkpoint
+        try:
+            forking = threading.Thread(target=fork)
+            forking.start()
+            assert not forked.wait(0.5), "fork went ahead during a checkpoint"
+        finally:
+            checkpointer._busy.release()
+        forking.join(30)
+        assert forked.is_set() and exitcodes == [0]
+        assert db.count("proj") == 320
+    finally:
+        db.close()
+        storage.dispose_engines()
+
+
+def _rows_in_main_file(path, copy) -> int:
+    """Rows of spiderflow_task in the database file alone, without its WAL."""
+    shutil.copyfile(path, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        return conn.execute("SELECT count(*) FROM spiderflow_task").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0                                        # the table itself is still only in the WAL
+    finally:
+        conn.close()
+
+
+def test_sqlite_wal_is_copied_into_the_database_by_a_thread_not_the_writers_commit(tmp_path):
+    db = storage.connect_taskdb(f"sqlite:///{tmp_path}/t.db")
+    try:
+        db.insert_many([make_task(f"http://a/{i}") for i in range(200)])
+        writer = db._held.dbapi_connection
+        assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == engine_module.SQLITE_WAL_PAGES
+        deadline = time.monotonic() + 10
+        while _rows_in_main_file(tmp_path / "t.db", tmp_path / "copy.db") != 200:
+            assert time.monotonic() < deadline, "the WAL was not checkpointed into the database file"
+            time.sleep(0.02)
+    finally:
+        db.close()
+        storage.dispose_engines()
+
+
+def test_sqlite_wal_stays_bounded_under_a_stream_of_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_module, "SQLITE_WAL_PAGES", 64)
+    monkeypatch.setattr(engine_module, "SQLITE_WAL_KEEP_BYTES", 512 * 1024)
+    db = storage.connect_taskdb(f"sqlite:///{tmp_path}/t.db")
+    reader = storage.connect_taskdb(f"sqlite:///{tmp_path}/t.db")    # another connection reading meanwhile
+    try:
+        largest = 0
+        for batch in range(40):
+            db.insert_many([make_task(f"http://b/{batch}/{i}") for i in range(500)])
+            assert reader.count("proj") == 500 * (batch + 1)
+            largest = max(largest, os.path.getsize(tmp_path / "t.db-wal"))
+        # 20,000 rows wrote far more WAL than this; each restart cut it back to the limit
+        assert largest < 8 * 1024 * 1024, largest
+        assert os.path.getsize(tmp_path / "t.db-wal") < 8 * 1024 * 1024
+    finally:
+        db.close()
+        reader.close()
         storage.dispose_engines()
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import StaticPool
 
 from ..exceptions import SchemaVersionError, StorageError
-from .engine import WRITE_OPTION, cached_engine, label, release_engine
+from .engine import WRITE_OPTION, WalCheckpointer, cached_engine, is_sqlite_file, label, release_engine
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class BaseDB:
         self._held: Any = None              # a pooled SQLite connection kept for the hot path
         self._held_lock = threading.Lock()
         self._inherited_held: Any = None    # a parent's, after a fork: kept, never used or closed
+        self._checkpointer: WalCheckpointer | None = None   # relieves the held connection's commits
         self._ensure_schema()
 
     def __repr__(self) -> str:
@@ -86,6 +87,9 @@ class BaseDB:
         """Return the held SQLite connection to the pool."""
         with self._held_lock:
             held, self._held = self._held, None
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.close()
         if held is not None:
             held.close()
 
@@ -95,6 +99,7 @@ class BaseDB:
         self._pid = os.getpid()
         self._held_lock = threading.Lock()
         self._inherited_held, self._held = self._held, None
+        self._checkpointer = None  # its thread stayed in the parent
         inherited = self.engine
         if isinstance(inherited.pool, StaticPool):
             return  # sqlite:// lives in this process's memory: the inherited copy is ours
@@ -139,16 +144,15 @@ class BaseDB:
             self._after_fork()
         with self._held_lock:
             if self._held is None:
-                try:
-                    self._held = self.engine.raw_connection()
-                except sa.exc.SQLAlchemyError as exc:
-                    raise self._error(op, exc) from exc
+                self._hold(op)
             dbapi = self._held.dbapi_connection
             try:
                 cursor = dbapi.cursor()
                 cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield cursor
                 dbapi.commit()
+                if write and self._checkpointer is not None:
+                    self._checkpointer.wrote()
             except BaseException as exc:
                 if dbapi.in_transaction:
                     with contextlib.suppress(sqlite3.Error):   # the first error is the one to report
@@ -158,6 +162,23 @@ class BaseDB:
                     held.close()
                     raise self._error(op, exc) from exc
                 raise
+
+    def _hold(self, op: str) -> None:
+        """Check out the connection :meth:`_sqlite_transaction` keeps (a SQLite file's with
+        a :class:`WalCheckpointer` for its commits)."""
+        try:
+            held = self.engine.raw_connection()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error(op, exc) from exc
+        if is_sqlite_file(self.engine):
+            try:    # kept when the connection goes back to the pool: they bound the WAL all the same
+                WalCheckpointer.tune_writer(held.dbapi_connection)
+            except sqlite3.Error as exc:
+                held.close()
+                raise self._error(op, exc) from exc
+        self._held = held
+        if is_sqlite_file(self.engine) and self._checkpointer is None:
+            self._checkpointer = WalCheckpointer(self.engine)
 
     def _error(self, op: str, exc: Exception) -> StorageError:
         orig = getattr(exc, "orig", None) or exc
