@@ -176,9 +176,9 @@ class BaseDB:
             except sqlite3.Error as exc:
                 held.close()
                 raise self._error(op, exc) from exc
+            if self._checkpointer is None:
+                self._checkpointer = WalCheckpointer(self.engine)
         self._held = held
-        if is_sqlite_file(self.engine) and self._checkpointer is None:
-            self._checkpointer = WalCheckpointer(self.engine)
 
     def _error(self, op: str, exc: Exception) -> StorageError:
         orig = getattr(exc, "orig", None) or exc
