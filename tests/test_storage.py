@@ -496,6 +496,12 @@ def test_fork_waits_for_a_running_wal_checkpoint(tmp_path):
         storage.dispose_engines()
 
 
+def test_sqlite_path_whose_directory_cannot_be_made_is_a_config_error(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"cannot create the directory of sqlite database .*a-file/sub/t\.db.*writable"):
+        storage.connect_taskdb(f"sqlite:///{tmp_path}/a-file/sub/t.db")
+
+
 def _rows_in_main_file(path, copy) -> int:
     """Rows of spiderflow_task in the database file alone, without its WAL."""
     shutil.copyfile(path, copy)

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.pool import StaticPool
 
-from ..exceptions import redact_url
+from ..exceptions import ConfigError, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,11 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
                                   connect_args={"check_same_thread": False})
     else:
         if not url.query.get("uri") and os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the directory of sqlite database {label(url)}: "
+                                  f"{exc.strerror or exc}; give a path in a writable directory") from exc
         engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT,
                                                      "check_same_thread": False})
 
