@@ -37,12 +37,12 @@ from .processor.response import Response
 
 
 def crawl(handler, **kwargs):
-    """Run a crawl in this process and return its results (see :func:`spiderflow.run.crawl`).
+    """Run a crawl in this process and return its results (see :func:`spiderflow.runtime.inprocess.crawl`).
 
     *handler* is a BaseHandler subclass, a script's text or a script's path; keywords:
     ``urls``, ``callback``, ``rate``, ``burst``, ``name``, ``settings``.
     """
-    from .run import crawl as run_crawl
+    from .runtime.inprocess import crawl as run_crawl
     return run_crawl(handler, **kwargs)
 
 

@@ -8,7 +8,7 @@ components keep anyway) plus the process's CPU seconds and RSS. A failing databa
 logged once per outage and never reaches the component. :meth:`Node.stop` marks the node
 stopped (a warm shutdown); a node that dies without it shows ``offline`` once its last
 heartbeat is older than ``node_timeout``. Heartbeats also trim old rows, every
-:data:`TRIM_EVERY` beats. :mod:`spiderflow.run` builds the node of each component process.
+:data:`TRIM_EVERY` beats. :func:`spiderflow.runtime.compose.start_node` builds the node of each component process.
 """
 
 from __future__ import annotations
@@ -106,16 +106,12 @@ def result_worker_stats(worker: Any) -> dict[str, Any]:
 
 
 def scheduler_stats(scheduler: Any) -> dict[str, Any]:
-    """Tasks dispatched and unanswered, and tasks in SUCCESS and FAILED (from the scheduler's counters).
+    """Tasks dispatched and unanswered, and tasks in SUCCESS and FAILED (the scheduler's ``stats()``).
 
-    Not thread-safe: :mod:`spiderflow.run` calls it on the scheduler's loop through :func:`on_loop`.
+    Not thread-safe: :mod:`spiderflow.runtime.component` calls it on the scheduler's loop through :func:`on_loop`.
     """
-    in_flight = sum(p.queue.processing_count for p in list(scheduler.projects.values()))
-    if not getattr(scheduler, "_counts_ready", True):
-        return {"in_flight": in_flight}  # counters() would force the full taskdb count it defers
-    totals = [c["all"] for c in scheduler.counters(window="all").values()]
-    return {"in_flight": in_flight, "done": int(sum(t["success"] for t in totals)),
-            "errors": int(sum(t["failed"] for t in totals))}
+    stats = scheduler.stats()
+    return {key: stats[key] for key in ("in_flight", "done", "errors") if key in stats}
 
 
 def one_stats(one: Any) -> dict[str, Any]:

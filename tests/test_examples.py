@@ -9,7 +9,7 @@ import pytest
 
 import spiderflow
 from spiderflow.processor import load_project
-from spiderflow.run import read_script
+from spiderflow.runtime.scripts import read_script
 from spiderflow.testing import link_farm_links, link_farm_reachable
 
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "examples", "*.py")))

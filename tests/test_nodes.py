@@ -24,7 +24,7 @@ from spiderflow import storage
 from spiderflow.cli.nodes import format_table
 from spiderflow.exceptions import StorageError
 from spiderflow.nodes import TRIM_EVERY, Node, fetcher_stats, format_threads, on_loop
-from spiderflow.run import node_lister, start_node
+from spiderflow.runtime.compose import node_lister, start_node
 from spiderflow.scheduler import ControlClient, ControlError, serve_control
 from spiderflow.settings import Settings
 from spiderflow.storage.nodedb import NODES
@@ -413,7 +413,7 @@ def test_sigusr1_dumps_threads_and_sigterm_stops_every_node(tmp_path):
 def test_a_stuck_warm_shutdown_turns_cold_after_its_grace(tmp_path):
     code = ("import os, signal, time, logging\n"
             "logging.basicConfig(level='INFO')\n"
-            "from spiderflow.run import install_stop_signals\n"
+            "from spiderflow.runtime.signals import install_stop_signals\n"
             "install_stop_signals(lambda: None, 'stuck', grace=0.3)\n"
             "os.kill(os.getpid(), signal.SIGTERM)\n"
             "time.sleep(20)\n")

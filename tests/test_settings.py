@@ -88,7 +88,7 @@ def test_replace_keeps_other_values():
 
 def test_queue_bounds_give_newtask_queue_room_for_a_page_of_links():
     from spiderflow.queues import QUEUE_NAMES
-    from spiderflow.run import open_queues
+    from spiderflow.runtime.compose import open_queues
     from spiderflow.settings import NEWTASK_LINKS
 
     bounds = Settings().queue_bounds()

@@ -1,6 +1,6 @@
 """The bench's default topology: the ``all`` pipeline, every component its own process.
 
-The components are built by :mod:`spiderflow.run` exactly as ``spiderflow all`` builds them
+The components are built by :mod:`spiderflow.runtime` exactly as ``spiderflow all`` builds them
 (multiprocessing queues, sqlite in the run's data directory) and started by its supervisor;
 the only additions are a :class:`~.probe.Probe` that copies each component's counters to
 shared memory, and, with ``--null-fetcher``, a :class:`~.nullfetch.NullFetcher` in place of
@@ -19,7 +19,9 @@ import time
 
 from ..message import special_task
 from ..queues import BaseQueue, connect_queues
-from ..run import _Supervisor, die_with_parent, install_stop_signals, run_component
+from ..runtime.component import run_component
+from ..runtime.signals import die_with_parent, install_stop_signals
+from ..runtime.supervisor import Supervisor
 from ..settings import Settings
 from .nullfetch import NullFetcher
 from .probe import Probe, cpu_seconds, peak_rss_mb
@@ -31,7 +33,7 @@ STOP_TIMEOUT = 15.0
 
 def component_main(kind: str, settings: Settings, queues: dict[str, BaseQueue], *, probe: Probe,
                    null_fetcher: bool) -> None:
-    """A component process of the bench (compare :func:`spiderflow.run._child_main`)."""
+    """A component process of the bench (compare :func:`spiderflow.runtime.supervisor.child_main`)."""
     die_with_parent()
     try:
         if kind == "fetcher" and null_fetcher:
@@ -64,7 +66,7 @@ class Processes:
                      ("result-worker", max(1, settings.result_worker_num))]
         self.probe = Probe(self.ctx, sum(n for _, n in self.plan))
         target = functools.partial(component_main, probe=self.probe, null_fetcher=null_fetcher)
-        self.supervisor = _Supervisor(self.ctx, settings, self.queues, target=target)
+        self.supervisor = Supervisor(self.ctx, settings, self.queues, target=target)
         self._rss: dict[tuple[str, int], float] = {}
         self._cpu: dict[tuple[str, int], float] = {}
 

@@ -34,16 +34,10 @@ SAMPLE_INTERVAL = 0.2
 
 
 def scheduler_stats(scheduler: Any) -> tuple[float, ...]:
-    """(tasks known, in flight, done, failed) summed over projects, from the scheduler's counters."""
-    totals = scheduler._counters.snapshot(window="all")
-    tasks = done = failed = 0.0
-    for by_window in totals.values():
-        counts = by_window["all"]
-        tasks += counts["pending"] + counts["success"] + counts["failed"]
-        done += counts["success"]
-        failed += counts["failed"]
-    in_flight = sum(p.queue.processing_count for p in list(scheduler.projects.values()))
-    return tasks, float(in_flight), done, failed
+    """(tasks known, in flight, done, failed) summed over projects, from the scheduler's ``stats()``."""
+    stats = scheduler.stats()
+    return (float(stats.get("tasks", 0)), float(stats["in_flight"]), float(stats.get("done", 0)),
+            float(stats.get("errors", 0)))
 
 
 def fetcher_stats(fetcher: Any) -> tuple[float, ...]:

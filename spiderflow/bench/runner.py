@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..message import ProjectStatus
-from ..run import open_databases, store_project
+from ..runtime.scripts import store_project
+from ..storage import open_databases
 from ..settings import Settings
 from .probe import SAMPLE_INTERVAL, cpu_seconds
 from .progress import Progress

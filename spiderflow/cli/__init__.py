@@ -1,4 +1,4 @@
-"""The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.run`.
+"""The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.runtime`.
 
 One module per command family: ``components`` (scheduler, fetcher, processor,
 result-worker), ``one``, ``all``, ``project``, ``export``, ``demo_site``, ``nodes``; shared options in

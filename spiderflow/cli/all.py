@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..run import read_script, run_all
+from ..runtime.scripts import read_script
+from ..runtime.supervisor import run_all
 from . import get_settings
 from .options import db_options, handles_errors, queue_options
 

@@ -11,7 +11,8 @@ import click
 
 from ..exceptions import ConfigError
 from ..queues import connect_queues
-from ..run import LOCAL_QUEUES, run_component
+from ..runtime.component import run_component
+from ..runtime.compose import LOCAL_QUEUES
 from . import get_settings
 from .options import db_options, handles_errors, queue_options
 

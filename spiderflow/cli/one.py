@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..run import run_one
+from ..runtime.inprocess import run_one
 from . import get_settings
 from .options import handles_errors
 

@@ -8,7 +8,7 @@ import click
 
 from ..exceptions import ConfigError
 from ..message import ProjectStatus, validate_project_name
-from ..run import check_script, read_script, store_project
+from ..runtime.scripts import check_script, read_script, store_project
 from ..storage import connect_projectdb
 from . import get_settings
 from .options import handles_errors

@@ -6,7 +6,8 @@ import logging
 
 import click
 
-from ..run import LOCAL_QUEUES, install_stop_signals, start_node
+from ..runtime.compose import LOCAL_QUEUES, start_node
+from ..runtime.signals import install_stop_signals
 from . import get_settings
 from .options import db_options, handles_errors
 

@@ -226,7 +226,7 @@ def make_control_app(scheduler: Any, token: str | None = None,
     """The control interface of *scheduler* as a tornado Application.
 
     *nodes* answers ``GET /api/nodes``: ``nodes(include_offline)`` returns the registry's
-    nodes (:func:`spiderflow.run.node_lister`); it is called in a thread, off the loop.
+    nodes (:func:`spiderflow.runtime.compose.node_lister`); it is called in a thread, off the loop.
     """
     return tornado.web.Application(
         [

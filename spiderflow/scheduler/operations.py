@@ -83,6 +83,24 @@ class Operations:
                 self._init_counts()
             return self._counters.snapshot(project, window)
 
+    def stats(self) -> dict[str, Any]:
+        """This scheduler's totals for node heartbeats and the bench: ``in_flight`` (dispatched,
+        unanswered) always; ``tasks``, ``done``, ``errors`` once the taskdb counts are loaded
+        (reading them here never forces that count). Call it on the scheduler's loop."""
+        with self._lock:
+            out: dict[str, Any] = {
+                "in_flight": sum(p.queue.processing_count for p in list(self.projects.values()))}
+            if not self._counts_ready:
+                return out
+            tasks = done = failed = 0
+            for by_window in self._counters.snapshot(window="all").values():
+                counts = by_window["all"]
+                tasks += counts["pending"] + counts["success"] + counts["failed"]
+                done += counts["success"]
+                failed += counts["failed"]
+            out.update(tasks=int(tasks), done=int(done), errors=int(failed))
+            return out
+
     def size(self) -> int:
         """ACTIVE tasks of every project (counted in taskdb once, then kept up to date)."""
         with self._lock:

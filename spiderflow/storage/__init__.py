@@ -13,9 +13,11 @@ process has one engine per URL; ``close()`` on the last database using it dispos
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -96,6 +98,31 @@ def connect_nodedb(url: str) -> NodeDB:
 
 
 __all__ = [
-    "DIALECTS", "Dialect", "NodeDB", "ProjectDB", "ResultDB", "TaskDB", "connect_nodedb", "connect_projectdb",
-    "connect_resultdb", "connect_taskdb", "create_engine", "dispose_engines", "resolve_url",
+    "DIALECTS", "Databases", "Dialect", "NodeDB", "ProjectDB", "ResultDB", "TaskDB", "connect_nodedb", "connect_projectdb",
+    "connect_resultdb", "connect_taskdb", "create_engine", "dispose_engines", "open_databases", "resolve_url",
 ]
+
+
+@dataclass
+class Databases:
+    """The three databases a component uses (any may be None where it is not needed)."""
+
+    projectdb: Any
+    taskdb: Any
+    resultdb: Any
+
+    def close(self) -> None:
+        for db in (self.projectdb, self.taskdb, self.resultdb):
+            if db is not None:
+                with contextlib.suppress(Exception):
+                    db.close()
+
+
+def open_databases(settings: Any) -> Databases:
+    """Open projectdb, taskdb and resultdb from the settings' URLs (sqlite in data_dir by default)."""
+    return Databases(
+        projectdb=connect_projectdb(settings.db_url("projectdb")),
+        taskdb=connect_taskdb(settings.db_url("taskdb")),
+        resultdb=connect_resultdb(settings.db_url("resultdb")),
+    )
+

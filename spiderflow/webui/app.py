@@ -26,6 +26,7 @@ import tornado.web
 
 from ..scheduler.control import ControlClient
 from ..settings import Settings
+from ..storage import open_databases
 from . import api, auth, dashboard, debugger, results, tasks
 from .auth import Auth, check_webui_settings
 from .base import ApiNotFoundHandler, NotFoundHandler
@@ -223,7 +224,6 @@ def build_webui(settings: Settings, *, control: ControlClient | None = _FROM_SET
     check_webui_settings(settings)
     owned = []
     if databases is None:
-        from ..run import open_databases
         databases = open_databases(settings)
         owned.append(databases)
     if control is _FROM_SETTINGS:

@@ -1,0 +1,128 @@
+"""The composition root: the only place that turns settings and URLs into components.
+
+``build_*`` make one component from settings, queues and databases; :func:`open_queues`
+the pipeline's queues; :func:`start_node` registers a process as a node and starts its
+heartbeats. Nothing here runs anything: :mod:`.component` runs one component,
+:mod:`.supervisor` runs ``spiderflow all``, :mod:`.inprocess` runs ``one`` and ``crawl()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from ..exceptions import ConfigError
+from ..queues import BaseQueue, connect_queues
+from ..settings import Settings
+from ..storage import Databases, connect_nodedb, open_databases
+
+__all__ = ["COMPONENTS", "LOCAL_QUEUES", "Databases", "open_databases", "open_queues", "queue_scheme",
+           "build_scheduler", "build_fetcher", "build_processor", "build_result_worker", "build_component",
+           "start_node", "node_lister", "check_port_free"]
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("scheduler", "fetcher", "processor", "result-worker")
+#: queue backends that cannot be shared by processes started separately
+LOCAL_QUEUES = ("memory", "multiprocessing")
+
+
+def open_queues(settings: Settings, default: str = "memory://") -> dict[str, BaseQueue]:
+    """The five pipeline queues on ``settings.queue`` (or *default*), bounded by ``settings.queue_bounds()``."""
+    return connect_queues(settings.queue or default, settings.queue_bounds())
+
+
+def queue_scheme(settings: Settings, default: str) -> str:
+    return (settings.queue or default).split("://", 1)[0].lower()
+
+
+# -- components ----------------------------------------------------------------------------
+
+def build_scheduler(settings: Settings, queues: dict[str, BaseQueue], dbs: Databases):
+    from ..scheduler import Scheduler
+    return Scheduler(projectdb=dbs.projectdb, taskdb=dbs.taskdb, resultdb=dbs.resultdb,
+                     newtask_queue=queues["newtask_queue"], status_queue=queues["status_queue"],
+                     out_queue=queues["scheduler2fetcher"], settings=settings)
+
+
+def build_fetcher(settings: Settings, queues: dict[str, BaseQueue] | None = None):
+    from ..fetcher import Fetcher
+    queues = queues or {}
+    return Fetcher(queues.get("scheduler2fetcher"), queues.get("fetcher2processor"), settings)
+
+
+def build_processor(settings: Settings, queues: dict[str, BaseQueue] | None, dbs: Databases):
+    from ..processor import Processor
+    queues = queues or {}
+    return Processor(inqueue=queues.get("fetcher2processor"), status_queue=queues.get("status_queue"),
+                     newtask_queue=queues.get("newtask_queue"), result_queue=queues.get("processor2result"),
+                     projectdb=dbs.projectdb, settings=settings)
+
+
+def build_result_worker(settings: Settings, queues: dict[str, BaseQueue] | None, dbs: Databases | None,
+                        sink: str | None = None, **kwargs: Any):
+    from ..result import load_result_worker_class
+    cls = load_result_worker_class(sink or settings.result_sink)
+    return cls((queues or {}).get("processor2result"), dbs.resultdb if dbs else None, settings, **kwargs)
+
+
+def build_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], dbs: Databases | None):
+    """One component of *kind* (one of :data:`COMPONENTS`)."""
+    if kind == "scheduler":
+        return build_scheduler(settings, queues, dbs)
+    if kind == "fetcher":
+        return build_fetcher(settings, queues)
+    if kind == "processor":
+        return build_processor(settings, queues, dbs)
+    if kind == "result-worker":
+        return build_result_worker(settings, queues, dbs)
+    raise ConfigError(f"unknown component {kind!r}; known: {', '.join(COMPONENTS)}")
+
+
+# -- nodes: every component process registers and heartbeats (spiderflow.nodes) -------------------
+
+def start_node(kind: str, settings: Settings, component: Any = None, *, name: str | None = None):
+    """Register this process as a node of *kind* and start its heartbeat thread.
+
+    The registry is in the projectdb database. Returns the :class:`~spiderflow.nodes.Node`
+    (``stop()`` it on a warm shutdown), or None when ``heartbeat_interval`` is 0.
+    """
+    if settings.heartbeat_interval <= 0:
+        return None
+    from ..nodes import COMPONENT_STATS, Node
+    stats = COMPONENT_STATS.get(kind)
+    url = settings.db_url("projectdb")
+    return Node(lambda: connect_nodedb(url), kind, name=name,
+                stats=(lambda: stats(component)) if stats and component is not None else None,
+                interval=settings.heartbeat_interval, timeout=settings.node_timeout).start()
+
+
+def node_lister(settings: Settings) -> Callable[[bool], list[dict[str, Any]]]:
+    """``nodes(include_offline)``: the registry's nodes, read on each call (the control interface)."""
+    def nodes(include_offline: bool = False) -> list[dict[str, Any]]:
+        db = connect_nodedb(settings.db_url("projectdb"))
+        try:
+            return db.list(include_offline, timeout=settings.node_timeout)
+        finally:
+            db.close()
+    return nodes
+
+
+# -- one component in this process -------------------------------------------------------------
+
+#: Objects allocated (net) between young-generation collections in a running component;
+#: Python's default is 700, which at several hundred pages a second means a collection
+
+
+def check_port_free(host: str, port: int, what: str, option: str) -> None:
+    """Fail before anything starts when *port* is taken (0 means "any free port")."""
+    if not port:
+        return
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"the {what} cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                          f"choose another port with {option}") from None
