@@ -13,6 +13,7 @@
     │   ├── QueueFull                put_nowait() / put(timeout) found no room (also a queue.Full)
     │   └── QueueClosed              the queue was closed
     ├── StorageError                 a database operation failed
+    │   ├── StorageUnavailable       ... because the database cannot be reached now (waited out, never dropped)
     │   └── SchemaVersionError       the database was written by a newer spiderflow
     ├── CounterFileError             the scheduler's counter file is unusable (reported, then replaced)
     ├── FetchOptionError             a task's fetch options cannot become a request (a 599 result)
@@ -77,6 +78,14 @@ class QueueClosed(QueueError):
 
 class StorageError(SpiderflowError):
     """A database operation failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached now (connection refused or lost, server restarting, locked).
+
+    Temporary by nature: a component that gets it keeps what it was storing, waits with
+    backoff and tries again; it never drops a message or fails a task for it.
+    """
 
 
 class SchemaVersionError(StorageError):

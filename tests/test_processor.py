@@ -7,6 +7,7 @@ from the local test server with the real Fetcher or built by hand.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -67,12 +68,32 @@ class Handler(BaseHandler):
 
     def swallow(self, response):
         import time
+        self.crawl("http://example.com/before", callback=self.page)
+        yield {"before": True}
         try:
             while True:
                 time.sleep(0.01)
         except BaseException:
             pass
-        return {"swallowed": True}
+        self.crawl("http://example.com/after", callback=self.page)
+        self.send_message("receiver", "after")
+        yield {"swallowed": True}
+
+    def swallow_then_raise(self, response):
+        import time
+        try:
+            while True:
+                time.sleep(0.01)
+        except BaseException:
+            raise ValueError("cleaning up after the time limit went wrong")
+
+    def swallow_quietly(self, response):
+        import time
+        try:
+            while True:
+                time.sleep(0.01)
+        except BaseException:
+            pass
 
     def bad_crawl(self, response):
         self.crawl("ftp://example.com/file", callback=self.page)
@@ -313,11 +334,27 @@ def test_endless_callback_is_stopped_at_the_time_limit(processor):
     assert processor.process(task_for("failing", "http://example.com/next", "page"), page("http://example.com/next")).ok
 
 
-def test_a_swallowed_time_limit_is_still_reported(processor):
-    outcome = processor.process(task_for("failing", "http://example.com/", "swallow", time_limit=0.2),
-                                page("http://example.com/"))
+def test_a_swallowed_time_limit_fails_the_task_and_keeps_nothing(processor, caplog):
+    with caplog.at_level(logging.ERROR, logger="spiderflow.processor"):
+        outcome = processor.process(task_for("failing", "http://example.com/", "swallow", time_limit=0.2),
+                                    page("http://example.com/"))
     assert outcome.exception == "TimeLimitExceeded: the callback ran past the process time limit of 0.2 s"
-    assert [r.result for r in outcome.results] == [{"swallowed": True}]  # as with any failure, kept
+    assert not outcome.ok and outcome.status_pack.track.process["ok"] is False
+    assert outcome.results == [] and outcome.new_tasks == []     # neither before nor after the limit fired
+    assert outcome.status_pack.track.process["results"] == 0 and outcome.status_pack.track.process["follows"] == 0
+    assert any("dropped the callback's 2 results, 2 follow-up requests, 1 message" in line for line in outcome.logs)
+    assert "time limit of 0.2 s" in caplog.text
+
+
+@pytest.mark.parametrize("callback", ["swallow_then_raise", "swallow_quietly"])
+def test_a_caught_time_limit_is_reported_whatever_the_callback_does_next(processor, callback):
+    outcome = processor.process(task_for("failing", "http://example.com/", callback, time_limit=0.2),
+                                page("http://example.com/"))
+    assert outcome.exception.rstrip().rsplit("\n", 1)[-1] == \
+        "TimeLimitExceeded: the callback ran past the process time limit of 0.2 s"
+    assert outcome.results == [] and outcome.new_tasks == []
+    if callback == "swallow_then_raise":
+        assert "ValueError: cleaning up after the time limit went wrong" in outcome.exception
 
 
 def test_time_limit_off_the_main_thread(processor):
@@ -334,6 +371,7 @@ def test_time_limit_off_the_main_thread(processor):
     assert not thread.is_alive()
     assert "TimeLimitExceeded" in box["loop"].exception
     assert "TimeLimitExceeded" in box["swallow"].exception
+    assert box["swallow"].results == [] and box["swallow"].new_tasks == []
     assert box["after"].ok
 
 
@@ -532,10 +570,11 @@ class Recorder:
         return self.queue.get_many(10_000)
 
 
-def test_run_burst_puts_follows_results_and_status(projectdb, clock, httpbin):
+def test_run_burst_puts_one_message_per_page(projectdb, clock, httpbin):
+    """A page's status travels with its follows; with results, through processor2result."""
     inqueue = connect_queue("memory://", "fetcher2processor", 100)
     status, newtask, result = Recorder("status_queue"), Recorder("newtask_queue"), Recorder("processor2result")
-    processor = Processor(inqueue, status, newtask, result, projectdb, Settings(newtask_batch=2), clock)
+    processor = Processor(inqueue, status, newtask, result, projectdb, Settings(), clock)
 
     index = task_for("sample", "http://example.com/", "index_page")
     links = "".join(f'<a href="/p{i}">p{i}</a>' for i in range(5)).encode()
@@ -547,11 +586,15 @@ def test_run_burst_puts_follows_results_and_status(projectdb, clock, httpbin):
     inqueue.put((detail, page(detail.url, content=b"<title>P1</title>")))
     processor.run(burst=True)
 
-    assert newtask.batches == [2, 2, 1]
-    assert [t.url for t in newtask.drain()] == [f"http://example.com/p{i}" for i in range(5)]
-    assert [r.result for r in result.drain()] == [{"url": "http://example.com/p1", "title": "P1"}]
-    packs = status.drain()
-    assert [(p.project, p.track.process["ok"]) for p in packs] == [("sample", True), ("failing", False), ("sample", True)]
+    assert newtask.drain() == []      # follows never travel apart from their page's status
+    index_msg, failed_pack = status.drain()
+    assert isinstance(index_msg, tuple) and index_msg[0].taskid == index.taskid
+    assert index_msg[0].track.process["ok"] is True
+    assert [t.url for t in index_msg[1:]] == [f"http://example.com/p{i}" for i in range(5)]
+    assert failed_pack.project == "failing" and failed_pack.track.process["ok"] is False
+    (detail_msg,) = result.drain()    # a page with results: status, results and follows in one message
+    assert detail_msg[0].taskid == detail.taskid and detail_msg[0].track.process["ok"] is True
+    assert [r.result for r in detail_msg[1:]] == [{"url": "http://example.com/p1", "title": "P1"}]
     assert processor.processed == 3 and processor.failed == 1
 
 

@@ -146,3 +146,52 @@ def test_run_stops_warm(resultdb):
     worker.stop()
     thread.join(5)
     assert not thread.is_alive() and resultdb.count("p") == 3
+
+
+# -- a page's results with its status: stored, then the status passed on ----------------------------
+
+def _page_message(i: int, follows: int = 2):
+    from spiderflow.message import StatusPack, Task, Track
+    status = StatusPack(taskid=f"t{i}", project="p", url=f"http://example.com/{i}",
+                        track=Track(process={"ok": True}))
+    links = [Task.create("p", f"http://example.com/{i}/{j}") for j in range(follows)]
+    return (status, *packs(1, start=i), *links)
+
+
+def test_results_are_stored_before_their_status_is_passed_on(resultdb):
+    status_queue = connect_queue("memory://", "status_queue", 0)
+    seen_at_forward: list[int] = []
+
+    class Watch:
+        def put_many(self, msgs, timeout=None):
+            seen_at_forward.append(resultdb.count("p"))
+            status_queue.put_many(msgs, timeout)
+
+    worker = ResultWorker(filled_queue([_page_message(i) for i in range(4)]), resultdb,
+                          Settings(result_batch=10), status_queue=Watch())
+    worker.run(burst=True)
+    assert seen_at_forward == [4]                      # every result was in resultdb before any status left
+    forwarded = status_queue.get_many(100)
+    assert [m[0].taskid for m in forwarded] == ["t0", "t1", "t2", "t3"]
+    assert all(len(m) == 3 and not any(isinstance(x, ResultPack) for x in m) for m in forwarded)
+
+
+def test_a_resultdb_outage_is_waited_out_without_dropping(resultdb, caplog):
+    from spiderflow.exceptions import StorageUnavailable
+    status_queue = connect_queue("memory://", "status_queue", 0)
+    failures = {"left": 3}
+
+    class Flaky:
+        def upsert_many(self, batch):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise StorageUnavailable("resultdb upsert_many failed: OperationalError: server closed (test)")
+            resultdb.upsert_many(batch)
+
+    worker = ResultWorker(filled_queue([_page_message(i) for i in range(3)]), Flaky(), Settings(result_batch=10),
+                          status_queue=status_queue)
+    worker._outage.first = 0.01
+    worker.run(burst=True)
+    assert failures["left"] == 0 and "database is unavailable" in caplog.text and "database is back" in caplog.text
+    assert resultdb.count("p") == 3 and (worker.stored, worker.failed) == (3, 0)
+    assert len(status_queue.get_many(100)) == 3

@@ -7,7 +7,7 @@ import logging
 import pytest
 from test_scheduler import Harness, urls
 
-from spiderflow.exceptions import StorageError
+from spiderflow.exceptions import StorageError, StorageUnavailable
 from spiderflow.message import Fetch, Process, Schedule, StatusPack, Task, Track
 
 
@@ -166,6 +166,74 @@ def test_status_updates_and_new_tasks_are_one_transaction(h, monkeypatch):
     assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3"]
 
 
+def test_follows_in_a_status_message_are_stored_before_its_status(h, monkeypatch):
+    """A processor sends ``(StatusPack, Task, ...)``: the task is SUCCESS only once its follows are stored."""
+    h.add_project()
+    h.start("p")
+    h.new("http://a/1")
+    h.run()
+    (task,) = h.sent_normal()
+    track = Track(fetch={"ok": True, "status_code": 200}, process={"ok": True})
+    pack = StatusPack(taskid=task.taskid, project="p", url=task.url, track=track)
+    h.status_queue.put((pack, Task.create("p", "http://a/2"), Task.create("p", "http://a/3")))
+    calls = _record_writes(h, monkeypatch)
+    h.run()
+    assert calls == [(2, 0), (0, 1)]          # the follows' insert, then the status update
+    assert h.status(task.taskid) == "SUCCESS" and h.taskdb.count("p") == 3
+    assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3"]
+
+
+def _outage(h, monkeypatch, passes: int) -> dict[str, int]:
+    """taskdb writes and reads fail as if the database were down, for the next *passes* scheduler passes."""
+    state = {"left": passes, "failed": 0}
+    run_once = h.scheduler.run_once
+
+    def down(*_args, **_kwargs):
+        state["failed"] += 1
+        raise StorageUnavailable("taskdb write_many failed: OperationalError: connection refused (test)")
+
+    real = {name: getattr(h.taskdb, name) for name in ("write_many", "get_many", "load_active", "count")}
+
+    def pass_():
+        if state["left"] > 0:
+            state["left"] -= 1
+            for name in real:
+                monkeypatch.setattr(h.taskdb, name, down)
+        else:
+            for name, fn in real.items():
+                monkeypatch.setattr(h.taskdb, name, fn)
+        run_once()
+
+    monkeypatch.setattr(h.scheduler, "run_once", pass_)
+    return state
+
+
+def test_a_database_outage_is_waited_out_and_loses_nothing(h, monkeypatch, caplog):
+    h.add_project()
+    h.start("p")
+    h.new("http://a/1")
+    h.run()
+    (task,) = h.sent_normal()
+    track = Track(fetch={"ok": True, "status_code": 200}, process={"ok": True})
+    pack = StatusPack(taskid=task.taskid, project="p", url=task.url, track=track)
+    h.status_queue.put((pack, Task.create("p", "http://a/2"), Task.create("p", "http://a/3")))
+    h.new("http://a/4")
+    state = _outage(h, monkeypatch, passes=3)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            h.scheduler._loop_step()
+            assert h.scheduler._retry_in > 0            # run() waits this long before the next pass
+            h.scheduler._retry_in = 0.0
+    assert state["failed"] >= 3 and "database is unavailable" in caplog.text
+    assert h.status(task.taskid) == "ACTIVE"             # nothing half-done reached taskdb
+    assert h.status_queue.qsize() == 0 and h.scheduler._status_held     # taken, and held in hand
+    h.scheduler._loop_step()
+    h.scheduler._loop_step()
+    assert "database is back" in caplog.text
+    assert h.status(task.taskid) == "SUCCESS" and h.taskdb.count("p") == 4
+    assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3", "http://a/4"]
+
+
 def test_a_failed_combined_batch_is_stored_apart(h, monkeypatch, caplog):
     h.add_project()
     h.start("p")
@@ -243,11 +311,39 @@ def test_force_update_restarts_and_is_postponed_while_in_flight(h, caplog):
         h.run()
     assert "postponed" in caplog.text
     assert h.sent_normal() == []
-    assert h.db(task.taskid)["fetch"]["headers"] == {"v": "2"}
+    assert h.db(task.taskid)["fetch"]["headers"] == {"v": "3"}     # stored at once: see the restart test
     h.answer(inflight)
     h.run()
     (again,) = h.sent_normal()
     assert again.fetch.headers == {"v": "3"}
+    h.answer(again)
+    h.run()
+    assert h.status(task.taskid) == "SUCCESS" and h.sent_normal() == []
+
+
+def test_a_postponed_request_survives_a_scheduler_restart(h):
+    h.add_project()
+    h.start("p")
+    task = h.crawl("http://a/1")
+    h.newtask_queue.put(Task.create("p", "http://a/1", fetch=Fetch(headers={"v": "2"}),
+                                    schedule=Schedule(force_update=True)))
+    h.run()
+    (inflight,) = h.sent_normal()
+    h.newtask_queue.put(Task.create("p", "http://a/1", fetch=Fetch(headers={"v": "3"}),
+                                    schedule=Schedule(force_update=True)))
+    h.run()
+    assert h.sent_normal() == []
+    h.scheduler.shutdown()
+    h.new_scheduler()             # the scheduler restarts; the fetch in flight is answered to no one
+    h.start("p")
+    h.clock.advance(1)
+    h.run()
+    (again,) = h.sent_normal()
+    assert again.taskid == task.taskid and again.fetch.headers == {"v": "3"}
+    h.answer(inflight)            # the old fetch's answer reaches the new scheduler: ignored
+    h.answer(again)
+    h.run()
+    assert h.status(task.taskid) == "SUCCESS" and h.taskdb.count("p") == 1
 
 
 def test_cancel_marks_bad(h):

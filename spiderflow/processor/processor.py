@@ -3,9 +3,14 @@
 :meth:`Processor.process` turns one ``(Task, FetchResult)`` into a :class:`ProcessOutcome`
 (status pack, new tasks, result packs, logs, exception) without touching any queue; the
 debugger and OneScheduler call it directly. :meth:`Processor.run` is the worker loop: it
-takes pairs from fetcher2processor and, per task, puts the follows on newtask_queue (in
-``put_many`` batches), the results on processor2result, then one status pack on
-status_queue, in that order, so the scheduler never sees a task done before its follows.
+takes pairs from fetcher2processor and puts one message per task: ``(StatusPack, Task, ...)``
+(the status with the page's follow-up requests) on status_queue, or, when the page has
+results, ``(StatusPack, ResultPack, ..., Task, ...)`` on processor2result, which the result
+worker stores and then passes on to status_queue without its results. So the scheduler sees
+a task done only together with its follows and once its results are stored; a page's output
+is never split across queues where a crash could keep one part and lose the other. The
+delivery is acknowledged once that message is queued; a database outage while loading a
+project hands the task back and waits (the task does not fail for it).
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import QueueClosed, QueueEmpty, QueueError, SerializationError
+from ..exceptions import QueueClosed, QueueEmpty, QueueError, SerializationError, StorageUnavailable
 from ..message import FetchResult, ResultPack, StatusPack, Task, Track
 from ..settings import Settings
+from ..storage import Outage
 from .project import Project, ProjectManager, TaskRun
 from .response import Response
 
@@ -50,7 +56,8 @@ class ProcessOutcome:
 
 
 class Processor:
-    """Runs callbacks: fetcher2processor in; newtask_queue, processor2result, status_queue out."""
+    """Runs callbacks: fetcher2processor in; status_queue or processor2result out (newtask_queue
+    only for follows when there is no status queue)."""
 
     def __init__(self, inqueue: Any = None, status_queue: Any = None, newtask_queue: Any = None,
                  result_queue: Any = None, projectdb: Any = None, settings: Settings | None = None,
@@ -109,6 +116,8 @@ class Processor:
         if project is None:
             try:
                 project = self.projects.get(task.project)
+            except StorageUnavailable:
+                raise       # not the task's fault: run() hands it back and waits for the database
             except Exception as exc:
                 logger.exception("processor: cannot load project %s", task.project)
                 return TaskRun(exception=f"ScriptError: cannot load project {task.project!r}: {exc}")
@@ -178,21 +187,20 @@ class Processor:
         return outcome
 
     def dispatch(self, outcome: ProcessOutcome) -> None:
-        """Put an outcome's follows, results and status pack on the queues, in that order."""
-        if outcome.new_tasks and self.newtask_queue is not None:
-            batch = max(1, self.settings.newtask_batch)
-            tasks = outcome.new_tasks
-            for start in range(0, len(tasks), batch):
-                self.newtask_queue.put_many(tasks[start:start + batch])
+        """Put an outcome on the queues as one message (see the module docstring)."""
+        pack = outcome.status_pack
         if outcome.results and self.result_queue is not None:
-            self.result_queue.put_many(outcome.results)
-        if self.status_queue is not None:
-            self.status_queue.put(outcome.status_pack)
+            self.result_queue.put((pack, *outcome.results, *outcome.new_tasks))
+        elif self.status_queue is not None:
+            self.status_queue.put((pack, *outcome.new_tasks) if outcome.new_tasks else pack)
+        elif outcome.new_tasks and self.newtask_queue is not None:
+            self.newtask_queue.put_many(outcome.new_tasks)   # no status queue: the follows alone
 
     def run(self, burst: bool = False) -> None:
         """Process until stop() (warm: the task in hand is finished), or until drained with *burst*."""
         logger.info("processor starting%s", " (burst)" if burst else "")
         reason = "stopped"
+        outage = Outage("processor")
         while not self._stop.is_set():
             try:
                 delivery = self.inqueue.receive(timeout=0 if burst else self.poll_interval)
@@ -211,10 +219,16 @@ class Processor:
                 self._stop.wait(self.poll_interval)
                 continue
             try:
-                self._handle_message(delivery.message)
+                while True:
+                    try:
+                        self._handle_message(delivery.message)
+                        break
+                    except StorageUnavailable as exc:   # keep the task in hand until the database is back
+                        if self._stop.wait(outage.failed(exc)):
+                            raise QueueClosed("stopping during a database outage") from exc
             except QueueClosed:
                 delivery.hand_back()
-                reason = "an output queue is closed"
+                reason = "stopped during a database outage" if self._stop.is_set() else "an output queue is closed"
                 break
             except QueueError as exc:
                 logger.error("processor: an output queue failed (%s); handing the task back", exc)
@@ -223,6 +237,9 @@ class Processor:
                 continue
             except Exception:
                 logger.exception("processor: failed to handle a message; going on")
+            else:
+                if outage.since is not None:
+                    outage.recovered()
             delivery.ack()
         logger.info("processor exiting: %s (%d tasks, %d failed)", reason, self.processed, self.failed)
 

@@ -1,5 +1,13 @@
 """The result worker: take ResultPacks from processor2result and store them.
 
+A processed page with results arrives as one message, ``(StatusPack, ResultPack, ...,
+Task, ...)``: the worker stores the results, then passes ``(StatusPack, Task, ...)`` on to
+status_queue, and only then acknowledges the message. So the scheduler marks a task done
+only after its results are stored; if the worker dies in between, the message comes back
+(or the task, still ACTIVE in taskdb, is crawled again) and its results are upserted again,
+not added twice. A database outage (:class:`~spiderflow.exceptions.StorageUnavailable`)
+drops nothing: the batch in hand is kept and retried with backoff until the database is back.
+
 :class:`ResultWorker` upserts by (project, taskid) into resultdb, ``settings.result_batch``
 packs per transaction (a batch gathers for up to ``settings.result_linger`` seconds after its
 first pack), so a re-sent task overwrites its result instead of adding one. A
@@ -33,9 +41,11 @@ from ..exceptions import (
     QueueEmpty,
     QueueError,
     SerializationError,
+    StorageUnavailable,
 )
-from ..message import ResultPack
+from ..message import ResultPack, StatusPack
 from ..settings import Settings
+from ..storage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +56,16 @@ class ResultWorker:
     """Stores results; override on_result / on_results to send them elsewhere."""
 
     def __init__(self, inqueue: Any = None, resultdb: Any = None, settings: Settings | None = None, *,
-                 poll_interval: float = 1.0):
+                 poll_interval: float = 1.0, status_queue: Any = None):
         self.inqueue = inqueue
         self.resultdb = resultdb
         self.settings = settings or Settings()
         self.poll_interval = poll_interval
+        self.status_queue = status_queue
         self.stored = 0
         self.failed = 0
         self._stop = threading.Event()
+        self._outage = Outage("result worker")
 
     # -- the hooks -----------------------------------------------------------------------------
     def on_result(self, pack: ResultPack) -> None:
@@ -79,6 +91,8 @@ class ResultWorker:
             self.on_results(packs)
             self.stored += len(packs)
             return len(packs)
+        except StorageUnavailable:
+            raise       # the database is away, the results are fine: run() keeps them and retries
         except Exception as exc:
             if len(packs) == 1:
                 self._drop(packs[0], exc)
@@ -88,6 +102,8 @@ class ResultWorker:
         for pack in packs:
             try:
                 self.on_results([pack])
+            except StorageUnavailable:
+                raise       # upserts: the retry of the whole batch stores these again, not twice
             except Exception as exc:
                 self._drop(pack, exc)
             else:
@@ -124,21 +140,64 @@ class ResultWorker:
                 continue
             if not burst:
                 deliveries += self._fill(batch - len(deliveries))
-            packs = []
-            for delivery in deliveries:
-                if isinstance(delivery.message, ResultPack):
-                    packs.append(delivery.message)
-                else:
-                    logger.error("result worker: dropping a message that is not a ResultPack: %.200r",
-                                 delivery.message)
+            if not self._settle(deliveries):
+                reason = "stopped during an outage"
+                break
+        logger.info("result worker exiting: %s (%d stored, %d dropped)", reason, self.stored, self.failed)
+
+    def _settle(self, deliveries: list) -> bool:
+        """Store the results of *deliveries*, pass their statuses on, ack them. False: stopped
+        while waiting for the database or the status queue (the deliveries are handed back)."""
+        packs: list[ResultPack] = []
+        statuses: list[tuple] = []
+        for delivery in deliveries:
+            message = delivery.message
+            if isinstance(message, ResultPack):
+                packs.append(message)
+            elif isinstance(message, tuple) and message and isinstance(message[0], StatusPack):
+                packs.extend(m for m in message[1:] if isinstance(m, ResultPack))
+                statuses.append((message[0], *(m for m in message[1:] if not isinstance(m, ResultPack))))
+            else:
+                logger.error("result worker: dropping a message that is not a ResultPack: %.200r", message)
+        while True:
             try:
                 self.handle(packs)
+                break
+            except StorageUnavailable as exc:
+                if self._stop.wait(self._outage.failed(exc)):
+                    for delivery in deliveries:
+                        delivery.hand_back()
+                    return False
             except Exception:  # a hook bug must not end the loop
                 logger.exception("result worker: failed to handle a batch; going on")
-            finally:
+                break
+        if self._outage.since is not None:
+            self._outage.recovered()
+        if statuses:
+            if not self._forward(statuses):
                 for delivery in deliveries:
-                    delivery.ack()
-        logger.info("result worker exiting: %s (%d stored, %d dropped)", reason, self.stored, self.failed)
+                    delivery.hand_back()
+                return False
+        for delivery in deliveries:
+            delivery.ack()
+        return True
+
+    def _forward(self, statuses: list[tuple]) -> bool:
+        """Pass status messages on to status_queue (their results are stored); retry while it fails."""
+        if self.status_queue is None:
+            logger.error("result worker: no status queue to pass %d statuses on to; the scheduler "
+                         "will send those tasks again after their lease", len(statuses))
+            return True
+        while True:
+            try:
+                self.status_queue.put_many(statuses)
+                return True
+            except QueueClosed:
+                return False
+            except QueueError as exc:
+                logger.error("result worker: passing statuses on failed (%s); retrying", exc)
+                if self._stop.wait(self.poll_interval):
+                    return False
 
     def _fill(self, room: int) -> list:
         """More deliveries for the batch in hand, for up to ``result_linger`` seconds or until it is full.

@@ -65,7 +65,10 @@ def build_result_worker(settings: Settings, queues: dict[str, BaseQueue] | None,
                         sink: str | None = None, **kwargs: Any):
     from ..result import load_result_worker_class
     cls = load_result_worker_class(sink or settings.result_sink)
-    return cls((queues or {}).get("processor2result"), dbs.resultdb if dbs else None, settings, **kwargs)
+    queues = queues or {}
+    worker = cls(queues.get("processor2result"), dbs.resultdb if dbs else None, settings, **kwargs)
+    worker.status_queue = queues.get("status_queue")   # set here: a custom sink's __init__ need not know it
+    return worker
 
 
 def build_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], dbs: Databases | None):

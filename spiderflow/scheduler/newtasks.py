@@ -9,10 +9,11 @@ as soon as it is grouped, as the lookup would have ignored it; the set is read a
 when the batch began, even if storing the batch empties it. New tasks are stored with one
 ``insert_many``. An old task is restarted when its itag changed, its age expired (after a
 crawl), or force_update is set; cancel marks it BAD; a restart of a task in flight waits
-until the task returns. The new tasks are stored in one transaction with the batched
+until the task returns (and is stored at once, so a restarted scheduler still honours it). The new tasks are stored in one transaction with the batched
 updates (the status packs of this pass). On a reliable queue (redis, amqp) requests are acknowledged only
-once stored in taskdb: those a killed scheduler had taken come back (their parent may
-already be SUCCESS, so nothing else would request them again).
+once stored in taskdb: those a killed scheduler had taken come back. The follow-up requests
+of a crawled page come with its status pack (see :mod:`.scheduler`) and pass through here
+before that status is written; this step then acknowledges the pass's status messages.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..exceptions import SerializationError, StorageError
+from ..exceptions import SerializationError, StorageError, StorageUnavailable
 from ..message import Task, TaskStatus, Track
 from .checks import coerce_task, flatten, make_active
 from .operations import EPHEMERAL
@@ -54,12 +55,16 @@ class NewTasks:
                 else:
                     batch.append(task)
             self._postponed = still
+        if self._requests_held:
+            batch.extend(self._requests_held)
+            self._requests_held = []
         if self._requests:
             batch.extend(self._requests)
             self._requests.clear()
         deliveries: list[Any] = []
+        reliable = getattr(self.newtask_queue, "reliable", False)
         if self.request_batch > 0:
-            if getattr(self.newtask_queue, "reliable", False):
+            if reliable:
                 # acked once stored: the requests a killed scheduler had taken are delivered again
                 deliveries = self.newtask_queue.receive_many(self.request_batch, 0)
                 batch.extend(d.message for d in deliveries)
@@ -68,14 +73,28 @@ class NewTasks:
         try:
             if batch:
                 self._on_request_msgs(batch, now)
+        except StorageError as exc:
+            if isinstance(exc, StorageUnavailable):
+                # the database is away: keep what is in hand (those of a reliable queue wait there)
+                self._requests_held = batch[:len(batch) - len(deliveries)] if deliveries else batch
+            for d in deliveries:
+                d.hand_back()
+            if deliveries:
+                self.newtask_queue.ack_many(deliveries)   # settled: handed back
+            raise
+        try:
             self._flush()
         except StorageError:
             for d in deliveries:
-                d.hand_back()      # taskdb failed: the requests wait in the queue for the next pass
+                d.hand_back()      # their restarts are in the batched writes, not yet in taskdb
             raise
         finally:
             if deliveries:
                 self.newtask_queue.ack_many(deliveries)   # stored (those handed back are settled already)
+        # the status packs of this pass and the requests they carried are stored: settle them
+        unacked, self._status_unacked = self._status_unacked, []
+        if unacked:
+            self.status_queue.ack_many(unacked)
 
     def _on_request_msgs(self, msgs: Iterable[Any], now: float) -> None:
         """Check and group requests by project; a plain request for a known taskid stops here.
@@ -166,6 +185,7 @@ class NewTasks:
             if queue.is_processing(taskid) and taskid not in seen:
                 logger.info("postponed request for %s:%s %s until the task in flight returns", p.name, taskid, task.url)
                 self._postponed.append(task)
+                self._persist_postponed(task, old, old_lastcrawl, now)
                 continue
             old_status = TaskStatus(old_status)
             if s.cancel:
@@ -215,6 +235,21 @@ class NewTasks:
                     self._write(task)
                 placed.append(task)
         self.window.place(p, placed, now)
+
+    def _persist_postponed(self, task: Task, old: Any, old_lastcrawl: Any, now: float) -> None:
+        """Store a postponed restart now, so that a scheduler restart does not forget it.
+
+        taskdb gets the restarted task (ACTIVE, the request's schedule) while the old one is
+        still in flight; a restarted scheduler loads and crawls it. In this scheduler, the
+        in-flight task's status and then the postponed request are applied in one pass, so
+        the write that reaches taskdb after them is the outcome of both.
+        """
+        stored = dataclasses.replace(task, schedule=dataclasses.replace(task.schedule))
+        make_active(stored, now)
+        stored.lastcrawltime = old_lastcrawl
+        if isinstance(old, Task):
+            stored.track = old.track
+        self._write(stored)
 
     def _remember(self, p: ProjectState, taskids: Iterable[str]) -> None:
         """Note *taskids* as stored in taskdb; the set is emptied when it outgrows ``known_taskids``."""

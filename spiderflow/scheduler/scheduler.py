@@ -5,7 +5,17 @@ requests (newtask_queue), cron jobs, select (per project: time queue → priorit
 gated by the token bucket, fair across projects), delete, dump counters.
 
 Every task is written to taskdb before it is dispatched; a status pack for a task that is
-not in flight is ignored; a task whose lease expires is sent again. Only a bounded window
+not in flight is ignored; a task whose lease expires is sent again.
+
+taskdb is the truth, end to end. A status pack arrives with the requests its page made (one
+message: ``(StatusPack, Task, ...)``, through the result worker when the page has results, so
+its results are stored first); the requests are stored before, or in the same transaction
+as, the task's new status, and a reliable queue's status messages are acknowledged only
+after that. So a task is SUCCESS only once everything it produced is stored, and whatever a
+crash or a broker loses, the task is still ACTIVE in taskdb and is crawled again. A database
+outage (:class:`~spiderflow.exceptions.StorageUnavailable`) stops the pass where it failed:
+the messages in hand and the batched writes are kept, and the pass is retried with backoff
+until the database is back. Only a bounded window
 of each project's ACTIVE tasks is held in memory (see :mod:`.window`). New requests are
 handled in :mod:`.newtasks`; the operations the control interface calls are in
 :mod:`.operations`; per-project state (bucket, pause, script info, cursor) in :mod:`.project`.
@@ -25,9 +35,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..exceptions import QueueFull, SerializationError, StorageError
+from ..exceptions import QueueError, SerializationError, StorageError, StorageUnavailable
 from ..message import ProjectStatus, StatusPack, Task, TaskStatus, Track, special_task
 from ..settings import Settings
+from ..storage import Outage
 from .checks import coerce_status, error_text
 from .counter import Counters
 from .newtasks import NewTasks
@@ -83,6 +94,12 @@ class Scheduler(NewTasks, Operations):
         self._requests: deque[Task] = deque()        # from newtask() of the control interface
         self._postponed: list[Task] = []             # requests for tasks in flight
         self._pending: dict[tuple[str, str], Task] = {}   # batched taskdb updates
+        self._status_held: list[Any] = []            # status messages a database outage interrupted
+        self._status_unacked: list[Any] = []         # reliable status deliveries, acked once stored
+        self._requests_held: list[Any] = []          # request messages a database outage interrupted
+        self._outage = Outage(self.kind)
+        self._broker_outage = Outage(self.kind, what="the queue backend")
+        self._retry_in = 0.0
         self._force_project_check = True
         self._last_project_check = -math.inf
         self._unknown_checked: dict[str, float] = {}
@@ -122,6 +139,10 @@ class Scheduler(NewTasks, Operations):
         try:
             while not self._stopping.is_set():
                 await self._astep()
+                if self._retry_in:      # the database is unavailable: wait, then run the pass again
+                    delay, self._retry_in = self._retry_in, 0.0
+                    await asyncio.sleep(delay)
+                    continue
                 if burst and self.idle():
                     reason = "burst: nothing left to do"
                     break
@@ -141,9 +162,24 @@ class Scheduler(NewTasks, Operations):
     def _loop_step(self) -> None:
         try:
             self.run_once()
+        except StorageUnavailable as exc:
+            self._unavailable(exc)
+        except QueueError as exc:   # a broker outage: what was taken is held or comes back; wait
+            self._retry_in = self._broker_outage.failed(exc)
+            self._work = 0
         except Exception:  # the loop boundary: one bad pass must not end the scheduler
             logger.exception("scheduler loop pass failed")
             self._work = 0
+        else:
+            if self._outage.since is not None:
+                self._outage.recovered()
+            if self._broker_outage.since is not None:
+                self._broker_outage.recovered()
+
+    def _unavailable(self, exc: StorageUnavailable) -> None:
+        """A pass stopped by a database outage: what it held is kept; retry after a backoff."""
+        self._retry_in = self._outage.failed(exc)
+        self._work = 0
 
     def _idle_interval(self) -> float:
         """The pause after a pass with nothing to do: short while answers are on their way.
@@ -152,8 +188,11 @@ class Scheduler(NewTasks, Operations):
         a producer's hands (a multiprocessing queue counts it before its bytes arrive); a
         processor blocked on a full newtask_queue waits for exactly this pass.
         """
-        if self.newtask_queue.qsize() or self.status_queue.qsize() \
-                or any(p.queue.processing_count for p in self.projects.values()):
+        try:
+            queued = self.newtask_queue.qsize() or self.status_queue.qsize()
+        except QueueError:
+            queued = 0      # the broker is away: the next pass reports it
+        if queued or any(p.queue.processing_count for p in self.projects.values()):
             return min(self.settings.busy_loop_interval, self.settings.loop_interval)
         return self.settings.loop_interval
 
@@ -173,9 +212,12 @@ class Scheduler(NewTasks, Operations):
     def idle(self) -> bool:
         """Nothing to do now: queues drained, nothing queued, in flight or left to load."""
         with self._lock:
-            if self._requests or self._postponed or self._pending:
+            if self._requests or self._postponed or self._pending or self._status_held or self._requests_held:
                 return False
-            if self.newtask_queue.qsize() or self.status_queue.qsize():
+            try:
+                if self.newtask_queue.qsize() or self.status_queue.qsize():
+                    return False
+            except QueueError:
                 return False
             return all(p.idle() and not (p.schedulable and p.selected_since_finished)
                        for p in self.projects.values())
@@ -247,6 +289,9 @@ class Scheduler(NewTasks, Operations):
                 self._unknown_checked[name] = now
                 try:
                     row = self.projectdb.get(name)
+                except StorageUnavailable:
+                    self._unknown_checked.pop(name, None)
+                    raise       # the pass stops and is retried: the task is not dropped for it
                 except (ValueError, StorageError) as exc:
                     logger.error("cannot look up project %r: %s", name, exc)
                     return None
@@ -257,9 +302,21 @@ class Scheduler(NewTasks, Operations):
     # ==================================================================================
     # step 2: status packs
     def _check_task_done(self, now: float) -> None:
-        msgs = self.status_queue.get_many(self.status_batch, 0)
+        msgs, self._status_held = self._status_held, []
+        if not msgs:
+            if getattr(self.status_queue, "reliable", False):
+                # acked once stored (in _check_requests): those a killed scheduler had taken come back
+                deliveries = self.status_queue.receive_many(self.status_batch, 0)
+                self._status_unacked.extend(deliveries)
+                msgs = [d.message for d in deliveries]
+            else:
+                msgs = self.status_queue.get_many(self.status_batch, 0)
         if msgs:
-            self._on_status_msgs(msgs, now)
+            try:
+                self._on_status_msgs(msgs, now)
+            except StorageUnavailable:
+                self._status_held = msgs     # none of their statuses was applied: all again next pass
+                raise
         for p in self.projects.values():
             if p.queue.processing_count:
                 for task in p.queue.expired(now):
@@ -274,7 +331,24 @@ class Scheduler(NewTasks, Operations):
         # the writes stay batched: check requests stores them with its new tasks, in one transaction
 
     def _on_status_msgs(self, msgs: Iterable[Any], now: float) -> None:
+        """Status messages: the requests they carry are stored first, then the statuses applied.
+
+        A message is a StatusPack or ``(StatusPack, Task, ...)``, the pack with its page's
+        follow-up requests. The requests of the whole batch are checked in one go (one taskdb
+        lookup and insert per project); the new statuses only go to the batched writes, so
+        they reach taskdb in the same transaction as the requests or a later one, never before.
+        """
+        packs: list[Any] = []
+        follows: list[Any] = []
         for msg in msgs:
+            if isinstance(msg, tuple) and msg:
+                packs.append(msg[0])
+                follows.extend(msg[1:])
+            else:
+                packs.append(msg)
+        if follows:
+            self._on_request_msgs(follows, now)
+        for msg in packs:
             try:
                 pack = coerce_status(msg)
             except SerializationError as exc:
@@ -414,7 +488,7 @@ class Scheduler(NewTasks, Operations):
                 task = p.specials.popleft()
                 try:
                     self._send(task)
-                except QueueFull:
+                except QueueError:      # full, or the broker is away (the next pass waits for it)
                     p.specials.appendleft(task)
                     budget = 0
                     break
@@ -469,7 +543,7 @@ class Scheduler(NewTasks, Operations):
         for i, task in enumerate(tasks):
             try:
                 self._send(p.join_crawl_config(task))
-            except QueueFull:
+            except QueueError:          # full, or the broker is away: the rest go back, in order
                 for rest in tasks[i:]:
                     p.queue.put(rest, now)
                 p.bucket.refund(len(tasks) - i)
@@ -572,10 +646,11 @@ class Scheduler(NewTasks, Operations):
         self._pending[(task.project, task.taskid)] = task
 
     def _flush(self) -> None:
+        """Write the batched updates; on a database outage they stay batched (StorageUnavailable)."""
         if self._pending:
             tasks = list(self._pending.values())
-            self._pending.clear()
             self._store("update_many", tasks)
+            self._pending.clear()
 
     def _insert(self, tasks: list[Task]) -> list[Task]:
         """Insert new *tasks* and the batched updates in one transaction; returns the tasks stored.
@@ -586,6 +661,8 @@ class Scheduler(NewTasks, Operations):
         if self._pending:
             try:
                 self.taskdb.write_many(inserts=tasks, updates=list(self._pending.values()))
+            except StorageUnavailable:
+                raise
             except StorageError as exc:
                 logger.warning("cannot store %d new tasks with %d updates in one batch (%s); storing them apart",
                                len(tasks), len(self._pending), exc)
@@ -596,11 +673,16 @@ class Scheduler(NewTasks, Operations):
         return self._store("insert_many", tasks)
 
     def _store(self, op: str, tasks: list[Task]) -> list[Task]:
-        """Write *tasks* in one batch; if the batch fails, one by one, dropping the bad ones."""
+        """Write *tasks* in one batch; if the batch fails, one by one, dropping the bad ones.
+
+        A database outage drops nothing: StorageUnavailable leaves at once, for the pass to retry.
+        """
         method = getattr(self.taskdb, op)
         try:
             method(tasks)
             return tasks
+        except StorageUnavailable:
+            raise
         except StorageError as exc:
             if len(tasks) == 1:
                 logger.error("cannot store task %s:%s: %s", tasks[0].project, tasks[0].taskid, exc)
@@ -610,6 +692,8 @@ class Scheduler(NewTasks, Operations):
                 try:
                     method([task])
                     good.append(task)
+                except StorageUnavailable:
+                    raise
                 except StorageError as err:
                     logger.error("cannot store task %s:%s: %s", task.project, task.taskid, err)
             if not good:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -99,7 +100,7 @@ def connect_nodedb(url: str) -> NodeDB:
 
 __all__ = [
     "DIALECTS", "Databases", "Dialect", "NodeDB", "ProjectDB", "ResultDB", "TaskDB", "connect_nodedb", "connect_projectdb",
-    "connect_resultdb", "connect_taskdb", "create_engine", "dispose_engines", "open_databases", "resolve_url",
+    "connect_resultdb", "Outage", "connect_taskdb", "create_engine", "dispose_engines", "open_databases", "resolve_url",
 ]
 
 
@@ -126,3 +127,42 @@ def open_databases(settings: Any) -> Databases:
         resultdb=connect_resultdb(settings.db_url("resultdb")),
     )
 
+
+class Outage:
+    """Waiting out a database outage: growing delays, one log line as it starts, one as it ends.
+
+    ``delay = outage.failed(exc)`` after a :class:`~spiderflow.exceptions.StorageUnavailable`
+    (the caller keeps what it was storing and sleeps *delay*); ``outage.recovered()`` after
+    the next success.
+    """
+
+    def __init__(self, who: str, first: float = 0.25, most: float = 5.0, what: str = "the database"):
+        self.who = who
+        self.what = what
+        self.first = first
+        self.most = most
+        self.since: float | None = None
+        self.delay = 0.0
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            self.delay = self.first
+            logger.error("%s: %s is unavailable (%s); holding everything in hand and "
+                         "retrying until it is back", self.who, self.what, exc)
+        else:
+            self.delay = min(self.most, self.delay * 2)
+            if self.failures % 20 == 0:
+                logger.error("%s: %s is still unavailable after %.0f s (%s); still retrying",
+                             self.who, self.what, time.monotonic() - self.since, exc)
+        return self.delay
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            logger.warning("%s: %s is back after %.1f s; going on", self.who, self.what,
+                           time.monotonic() - self.since)
+            self.since = None
+            self.failures = 0
+            self.delay = 0.0

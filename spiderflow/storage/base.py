@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import StaticPool
 
-from ..exceptions import SchemaVersionError, StorageError
+from ..exceptions import SchemaVersionError, StorageError, StorageUnavailable
 from .engine import WRITE_OPTION, WalCheckpointer, cached_engine, is_sqlite_file, label, release_engine
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,30 @@ META = sa.Table(
 MIGRATIONS: dict[tuple[str, int], Callable[[sa.Connection], None]] = {}
 
 _checked: weakref.WeakKeyDictionary[sa.Engine, set[str]] = weakref.WeakKeyDictionary()
+
+
+#: SQLite errors that pass: another process holds the lock, the file is briefly unreachable
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "unable to open database",
+                     "disk i/o error", "database or disk is full")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Is *exc* the database being unreachable now (wait and retry) rather than a bad operation?
+
+    Lost or refused connections, a server shutting down, pool timeouts, lock waits and
+    deadlocks are; constraint violations, bad data and SQL errors are not.
+    """
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sa.exc.TimeoutError, sa.exc.DisconnectionError)):
+        return True
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, sqlite3.Error):
+        text = str(orig).lower()
+        return isinstance(orig, sqlite3.OperationalError) and any(t in text for t in _SQLITE_TRANSIENT)
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return True
+    return isinstance(orig, (ConnectionError, TimeoutError))
 
 
 class BaseDB:
@@ -183,7 +207,8 @@ class BaseDB:
     def _error(self, op: str, exc: Exception) -> StorageError:
         orig = getattr(exc, "orig", None) or exc
         text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-        return StorageError(f"{self.role} {op} failed on {self.url}: {type(orig).__name__}: {text}")
+        cls = StorageUnavailable if unavailable(exc) else StorageError
+        return cls(f"{self.role} {op} failed on {self.url}: {type(orig).__name__}: {text}")
 
     # -- schema ----------------------------------------------------------------------
     def _ensure_schema(self) -> None:
