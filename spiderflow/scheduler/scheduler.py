@@ -175,6 +175,22 @@ class Scheduler(NewTasks, Operations):
                 self._outage.recovered()
             if self._broker_outage.since is not None:
                 self._broker_outage.recovered()
+                self._resend_in_flight("the queue backend was unavailable")
+
+    def _resend_in_flight(self, why: str) -> None:
+        """Send every task in flight again now, not after its lease: a broker that was away
+        may have lost them (restarted empty). A task that was not lost comes back twice; its
+        second status pack is ignored and its result is upserted, not added."""
+        now = self._clock()
+        count = 0
+        with self._lock:
+            for p in self.projects.values():
+                for task in p.queue.expired(math.inf):
+                    self.window.requeue(p, task, now)
+                    count += 1
+        if count:
+            logger.warning("%s: sending the %d tasks in flight again (%s; it may have lost them)",
+                           self.kind, count, why)
 
     def _unavailable(self, exc: StorageUnavailable) -> None:
         """A pass stopped by a database outage: what it held is kept; retry after a backoff."""

@@ -253,7 +253,7 @@ def test_redis_restarted_empty_mid_crawl_loses_nothing(make_cluster, httpbin, tm
     broker.start()
     try:
         backend = Backend("own-redis-postgresql", f"redis://127.0.0.1:{broker.port}/0", pg)
-        cluster = make_cluster(backend, settings={"lease_time": 5})
+        cluster = make_cluster(backend)     # the default lease: in-flight tasks come back without waiting for it
         crawl = Crawl(httpbin, total=PAGES)
         start_crawl(cluster, crawl, delay=SLOW_CALLBACK)
         n = cluster.wait_results(crawl.name, crawl.expected // 3, timeout=DEADLINE)
