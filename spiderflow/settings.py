@@ -88,7 +88,6 @@ class Settings:
     # -- processor -------------------------------------------------------------
     process_time_limit: float = 30.0
     log_tail: int = 100                        # log lines kept per task in track
-    newtask_batch: int = 100
 
     # -- result worker -----------------------------------------------------------
     result_batch: int = 100

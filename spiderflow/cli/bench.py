@@ -29,7 +29,7 @@ from .options import handles_errors
 @click.option("--result-worker-num", type=click.IntRange(1), default=None, help="Result worker processes [1].")
 @click.option("--poolsize", type=click.IntRange(1), default=None, help="Concurrent fetches per fetcher [100].")
 @click.option("--queue-maxsize", type=click.IntRange(1), default=None,
-              help="Bound of every queue [100]; newtask_queue holds 20 times as many (a message per link).")
+              help="Bound of every queue [100]; newtask_queue holds 20 times as many.")
 @click.option("--max-seconds", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Give up a run after this long.")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the summary as JSON ('-': stdout).")

@@ -23,8 +23,7 @@ def db_options(func: Callable) -> Callable:
 def queue_options(func: Callable) -> Callable:
     """--queue URL and --queue-maxsize."""
     func = click.option("--queue-maxsize", type=int, default=None,
-                        help="Bound of every queue [100]; newtask_queue holds 20 times as many "
-                             "(a message per link).")(func)
+                        help="Bound of every queue [100]; newtask_queue holds 20 times as many.")(func)
     func = click.option("--queue", default=None, metavar="URL",
                         help="Queue backend: redis://host:6379/0, amqp://user:pass@host:5672/vhost, ...")(func)
     return func
