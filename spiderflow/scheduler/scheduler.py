@@ -584,7 +584,12 @@ class Scheduler(NewTasks, Operations):
 
     def _check_finished(self, projects: list[ProjectState], now: float) -> None:
         """Send on_finished to projects whose queue has drained since they last ran tasks."""
-        pending_requests = bool(self._requests) or self.newtask_queue.qsize() > 0
+        # anything a project's crawl may still grow from: requests queued or held, status
+        # messages (they carry their pages' follows) queued or held. A message taken by a
+        # consumer that died is invisible here, but the task it belongs to is still ACTIVE in
+        # taskdb, which the check below reads before on_finished is sent.
+        pending_requests = bool(self._requests or self._requests_held or self._status_held) \
+            or self.newtask_queue.qsize() > 0 or self.status_queue.qsize() > 0
         postponed = {t.project for t in self._postponed}
         for p in projects:
             if not (p.selected_since_finished and p.schedulable and not p.waiting_info) \
