@@ -135,6 +135,10 @@ def test_login_form_sets_a_session(secured):
     answer = secured.post("/login", data=good, headers=form_type, xsrf=False)
     assert answer.status == 302 and answer.headers["Location"] == "/debug/p"
     assert secured.get("/debug/p").status == 200
+    # the login started a new session: the token from before it is worthless
+    assert secured.patch("/api/projects/p", {"comments": "old token"}, headers={"X-XSRFToken": xsrf}).status == 403
+    secured._xsrf = None
+    xsrf = secured.xsrf()
     assert secured.patch("/api/projects/p", {"comments": "via session"}).status == 200
     assert secured.patch("/api/projects/p", {"comments": "no xsrf"}, xsrf=False).status == 403
     # the token works in the password field too; next= never leaves the site
@@ -179,8 +183,12 @@ def test_locked_projects_are_read_only_without_credentials(client, dbs):
     page = client.get("/debug/p").text
     assert "locked: read-only" in page and "readonly>" in page
     assert "disabled" in client.get("/").text.split('data-name="p"')[1].split("</tr>")[0]
-    # a debug run changes nothing, so it is allowed
-    assert client.post("/api/debug/p", {"task": {"url": "data:,x", "process": {"callback": "on_start"}}}).status == 200
+    # the debugger runs code too: a locked project cannot be debugged, with its own script or another
+    for body in ({"task": {"url": "data:,x", "process": {"callback": "on_start"}}},
+                 {"url": "data:,x", "script": "print('hi')"}):
+        answer = client.post("/api/debug/p", body)
+        assert answer.status == 403 and "locked" in answer.json["error"] and "debug" in answer.json["error"]
+    assert 'id="run"' in page and "log in to debug it" in page
     assert dbs.projectdb.get("p")["group"] == "team lock"
 
 
@@ -189,6 +197,7 @@ def test_locked_projects_are_editable_when_logged_in(serve, dbs):
     _server, client = serve(username="admin", password="pw")
     auth = basic("admin", "pw")
     assert client.get("/api/projects/p", headers=auth).json["project"]["editable"] is True
+    assert client.post("/api/debug/p", {"url": "data:,x", "callback": "on_start"}, headers=auth).json["ok"] is True
     assert client.patch("/api/projects/p", {"group": ""}, headers=auth).status == 200
     assert dbs.projectdb.get("p")["group"] == ""
 

@@ -1,10 +1,11 @@
 """The JSON API under /api/: projects, run, debug, tasks, counters, queues, nodes.
 
 Every answer is JSON; errors are ``{"error": message}`` with the status code (400 bad
-input or project name, 401 credentials needed, 403 locked project or missing xsrf token,
-404 unknown, 409 conflict, 503 scheduler not reachable). State-changing requests need the
-``X-XSRFToken`` header (from the ``_xsrf`` cookie, see ``GET /api/xsrf``) or a bearer token.
-Results and their downloads are in :mod:`.results`.
+input or project name, 401 credentials needed, 403 locked project, foreign origin or
+missing xsrf token, 404 unknown, 409 conflict, 415 a body that is not
+``application/json``, 503 scheduler not reachable). State-changing requests need the
+``X-XSRFToken`` header (the token of the session cookie, see ``GET /api/xsrf``) or a
+bearer token (see :mod:`.guard`). Results and their downloads are in :mod:`.results`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MAX_TASKS = 1000
 
 
 class XsrfHandler(ApiHandler):
-    """``GET /api/xsrf``: the token to send as ``X-XSRFToken`` (and the cookie it matches)."""
+    """``GET /api/xsrf``: the token to send as ``X-XSRFToken`` (it sets the session cookie it belongs to)."""
 
     public = True   # the login form needs it; other sites cannot read it
 
@@ -135,18 +136,19 @@ class RunHandler(ApiBase):
 
 
 class DebugHandler(ApiBase):
-    """``POST /api/debug/<name>``: run one task with the editor's script (or the stored one)."""
+    """``POST /api/debug/<name>``: run one task with the editor's script (or the stored one) in a worker process."""
 
     async def post(self, name: str) -> None:
-        name = self.project_name(name)
+        row = self.get_project(name, ["name", "group", "script"])
+        self.require_editable(row)
         body = self.body_object()
         script = body.get("script")
         if script is None:
-            script = self.get_project(name, ["name", "script"])["script"]
+            script = row["script"]
         elif not isinstance(script, str):
             raise fail(400, "script must be a string")
-        task = build_task(name, body)
-        self.reply(await self.state.debugger.run(name, script, task))
+        task = build_task(row["name"], body)
+        self.reply(await self.state.debugger.run(row["name"], script, task))
 
 
 class TasksHandler(ApiBase):

@@ -30,7 +30,7 @@ from ..storage import open_databases
 from . import api, auth, dashboard, debugger, results, tasks
 from .auth import Auth, check_webui_settings
 from .base import ApiNotFoundHandler, NotFoundHandler
-from .debug import Debugger
+from .debug_worker import Debugger
 from .scheduler_link import SchedulerLink
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ class WebUIState:
     debugger: Debugger
     queues: dict[str, Any] | None = None
     owned: list[Any] = field(default_factory=list)   # closed with the state
+
+    async def aclose(self) -> None:
+        """close() on the event loop the web UI ran on, waiting for the debug workers to end."""
+        await self.debugger.aclose()
+        self.close()
 
     def close(self) -> None:
         self.debugger.close()
@@ -107,7 +112,7 @@ def make_app(settings: Settings, *, projectdb: Any, taskdb: Any, resultdb: Any,
     state = WebUIState(
         settings=settings, projectdb=projectdb, taskdb=taskdb, resultdb=resultdb,
         scheduler=SchedulerLink(control, executor), auth=Auth.from_settings(settings), executor=executor,
-        debugger=Debugger(settings, executor), queues=queues, owned=list(owned or []),
+        debugger=Debugger(settings), queues=queues, owned=list(owned or []),
     )
     return tornado.web.Application(
         routes(),
@@ -115,8 +120,7 @@ def make_app(settings: Settings, *, projectdb: Any, taskdb: Any, resultdb: Any,
         template_path=os.path.join(HERE, "templates"),
         static_path=os.path.join(HERE, "static"),
         cookie_secret=cookie_secret or secrets.token_hex(32),
-        xsrf_cookies=True,
-        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
+        xsrf_cookies=True,          # BaseHandler.check_xsrf_cookie: the origin rule and the session's token
         login_url="/login",
         autoescape="xhtml_escape",
         spiderflow=state,
@@ -204,7 +208,7 @@ class WebUIServer:
                 await asyncio.wait_for(server.close_all_connections(), STOP_TIMEOUT)
             except asyncio.TimeoutError:  # noqa: UP041 (not the builtin before Python 3.11)
                 logger.warning("web UI: connections still open after %.0f s", STOP_TIMEOUT)
-            self.state.close()
+            await self.state.aclose()
             logger.info("web UI stopped")
 
 

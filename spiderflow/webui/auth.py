@@ -4,8 +4,8 @@ Without credentials the UI serves only loopback (127.0.0.1 by default) and every
 reaches it may use it; a project in group ``lock`` is then read-only. With
 ``username``/``password`` or ``token`` configured every page and API call needs one of:
 
-* the session cookie set by ``POST /login`` (a signed cookie; the password field also
-  accepts the token),
+* the session cookie, once ``POST /login`` has put the user in it (a signed cookie with a
+  new session id; the password field also accepts the token),
 * HTTP basic auth with the username and password,
 * ``Authorization: Bearer <token>`` (scripts; such requests need no xsrf token, because a
   browser never adds that header on its own).
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..exceptions import ConfigError
 from ..settings import Settings, is_loopback
-from .base import SESSION_COOKIE, SESSION_DAYS, PageHandler
+from .base import PageHandler
 
 
 def check_webui_settings(settings: Settings) -> None:
@@ -109,7 +109,7 @@ class LoginHandler(PageHandler):
             self.set_status(403)
             self.render("login.html", next=target, failed=True)
             return
-        self.set_signed_cookie(SESSION_COOKIE, user, expires_days=SESSION_DAYS, httponly=True, samesite="Lax")
+        self.start_session(user)       # a new id: an xsrf token learned before the login is worthless
         self.redirect(target)
 
 
@@ -117,5 +117,5 @@ class LogoutHandler(PageHandler):
     public = True
 
     def post(self) -> None:
-        self.clear_cookie(SESSION_COOKIE)
+        self.end_session()
         self.redirect("/login" if self.auth.enabled else "/")

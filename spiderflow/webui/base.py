@@ -1,9 +1,12 @@
-"""The request handlers' base classes: authentication, xsrf, security headers, errors.
+"""The request handlers' base classes: sessions, authentication, request guards, headers, errors.
 
-:class:`PageHandler` renders templates (errors as an HTML page, a login redirect when
-credentials are needed); :class:`ApiHandler` speaks JSON (errors as ``{"error": message}``
-with the status code, 401 when credentials are needed). Both find the web UI's components
-in ``self.state`` (a :class:`~spiderflow.webui.app.WebUIState`).
+Every browser gets a signed session cookie (``spiderflow_session``: a random id and, once
+logged in, the user name); the xsrf token is bound to that id, and state-changing requests
+must come from the web UI's own pages (see :mod:`.guard`). :class:`PageHandler` renders
+templates (errors as an HTML page, a login redirect when credentials are needed);
+:class:`ApiHandler` speaks JSON (errors as ``{"error": message}`` with the status code,
+401 when credentials are needed, 415 for a body that is not JSON). Both find the web UI's
+components in ``self.state`` (a :class:`~spiderflow.webui.app.WebUIState`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tornado.web
 from ..exceptions import InvalidProjectName
 from ..message import validate_project_name
 from ..settings import is_loopback
+from . import guard
 from .helpers import (
     error_message,
     fail,
@@ -52,6 +56,7 @@ class BaseHandler(tornado.web.RequestHandler):
     #: True: usable without logging in (the login page itself)
     public = False
     _bearer = False
+    _session: Any = False      # (id, user), None, or False: not read yet
 
     @property
     def state(self) -> WebUIState:
@@ -60,6 +65,37 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def auth(self) -> Auth:
         return self.state.auth
+
+    # -- the session -------------------------------------------------------------------------
+    def session(self) -> tuple[str, str] | None:
+        """``(session id, user)`` from the signed session cookie (user ``""`` when not logged in), or None."""
+        if self._session is False:
+            self._session = None
+            value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
+            if value:
+                sid, sep, user = value.decode("utf-8", "replace").partition(":")
+                if sep and len(sid) == 32:
+                    self._session = (sid, user)
+        return self._session
+
+    def start_session(self, user: str = "") -> str:
+        """A new session (for *user*, after a login) in a new signed cookie; its id."""
+        sid = guard.new_session_id()
+        self.set_signed_cookie(SESSION_COOKIE, f"{sid}:{user}", expires_days=SESSION_DAYS, httponly=True,
+                               samesite="Lax")
+        self._session = (sid, user)
+        return sid
+
+    def end_session(self) -> None:
+        self.clear_cookie(SESSION_COOKIE)
+        self._session = None
+
+    @property
+    def xsrf_token(self) -> bytes:
+        """The token of this browser's session (starting one if it has none): an HMAC of the session id."""
+        session = self.session()
+        sid = session[0] if session else self.start_session()
+        return guard.xsrf_token(self.application.settings["cookie_secret"], sid).encode()
 
     # -- who is asking ---------------------------------------------------------------------
     def get_current_user(self) -> str | None:
@@ -75,28 +111,47 @@ class BaseHandler(tornado.web.RequestHandler):
             user = auth.basic(header)
             if user:
                 return user
-        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
-        return value.decode("utf-8", "replace") if value else None
+        session = self.session()
+        return session[1] if session and session[1] else None
 
     @property
     def authenticated(self) -> bool:
         return self.current_user is not None
 
-    def check_xsrf_cookie(self) -> None:
-        """A valid bearer token stands in for the xsrf token; everything else needs it."""
-        if self.auth.enabled and self.current_user and getattr(self, "_bearer", False):
-            return
-        super().check_xsrf_cookie()
-
-    def prepare(self) -> None:
+    # -- request guards ------------------------------------------------------------------------
+    def check_host(self) -> None:
+        """Without credentials answer only to loopback names: a page of another site whose name
+        was made to resolve to 127.0.0.1 (DNS rebinding) still sends its own name."""
         if not self.auth.enabled:
-            # Without credentials only loopback can reach us; a page of another site whose
-            # name was made to resolve to 127.0.0.1 (DNS rebinding) still sends its own name.
             host = self.request.host_name.strip("[]")
             if not is_loopback(host):
                 raise fail(403, f"this web UI has no credentials and answers only to a loopback host name "
                                 f"(localhost, 127.0.0.1), not {host!r}")
-        elif not self.public and not self.current_user:
+
+    def check_xsrf_cookie(self) -> None:
+        """Tornado calls this before prepare() for every state-changing request: the host, the
+        origin rule, then the session's xsrf token (a valid bearer token stands in for it)."""
+        self.check_host()
+        why = guard.foreign_origin(self.request.headers, self.request.host, self.request.protocol)
+        if why:
+            logger.warning("web UI: refused %s %s: %s", self.request.method, self.request.path, why)
+            raise fail(403, why)
+        if self.auth.enabled and self.current_user and self._bearer:
+            return
+        token = (self.request.headers.get("X-XSRFToken") or self.request.headers.get("X-CSRFToken")
+                 or self.get_body_argument("_xsrf", None))
+        if not token:
+            raise fail(403, f"'_xsrf' form field or X-XSRFToken header missing from {self.request.method}: "
+                            "reload the page (scripts: GET /api/xsrf, keep its cookie, send X-XSRFToken)")
+        session = self.session()
+        expected = guard.xsrf_token(self.application.settings["cookie_secret"], session[0]) if session else ""
+        if not session or not guard.same_token(token, expected):
+            raise fail(403, "the _xsrf token does not belong to this browser's session "
+                            "(its session cookie is missing, expired or not signed by this web UI): reload the page")
+
+    def prepare(self) -> None:
+        self.check_host()
+        if self.auth.enabled and not self.public and not self.current_user:
             self.deny()
 
     def deny(self) -> None:
@@ -126,9 +181,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def require_editable(self, row: dict[str, Any]) -> None:
         if not self.can_edit(row):
-            how = ("log in to change it" if self.auth.enabled else
-                   "locked projects are read-only while the web UI has no credentials "
-                   "(--username/--password or --token)")
+            how = ("log in to change, run or debug it" if self.auth.enabled else
+                   "locked projects are read-only (no changes, runs or debug runs) while the web UI has "
+                   "no credentials (--username/--password or --token)")
             raise fail(403, f"project {row['name']!r} is locked (group 'lock'); {how}")
 
     def int_arg(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
@@ -185,6 +240,13 @@ class ApiHandler(BaseHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Security-Policy", API_CSP)
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.request.method not in guard.SAFE_METHODS:
+            why = guard.non_json_body(self.request.headers.get("Content-Type"), self.request.body)
+            if why:
+                raise fail(415, why)
 
     def deny(self) -> None:
         raise tornado.web.HTTPError(401, "authentication required: log in, or send basic auth or a bearer token")
