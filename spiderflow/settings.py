@@ -105,6 +105,8 @@ class Settings:
     password: str | None = None
     token: str | None = None
     cookie_secret: str | None = None           # signs web UI sessions; None: random per process
+    debug_time_limit: float = 60.0             # seconds a debugger Run may take; then its worker is killed
+    debug_memory_limit: int = 1024 * 1024 * 1024   # bytes of address space of a Run's worker; 0: no limit
 
     # -- process counts for `all` ------------------------------------------------
     fetcher_num: int = 1

@@ -1,17 +1,16 @@
 """The debugger's Run: fetch one task and run its callback, without touching the live crawl.
 
-The script comes from the editor (or projectdb) and is compiled for this run only, with
-``is_debugger()`` true. The fetch runs on the web UI's event loop; loading the script and
-the callback run in a worker thread under the process time limit. Nothing is written to
-taskdb or resultdb and nothing is put on a queue: follows, results and messages are only
-reported back, and a follow can be run as the next step.
+The web UI checks the request (:func:`build_task`) and hands the run to a worker process
+(:mod:`.debug_worker`), which calls :func:`run_debug`: the script from the editor (or
+projectdb) is compiled for this run only, with ``is_debugger()`` true, the task is
+fetched and its callback run. Nothing is written to taskdb or resultdb and nothing is put
+on a queue: follows, results and messages are only reported back, and a follow can be run
+as the next step.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from concurrent.futures import Executor
 from typing import Any
 
 from ..exceptions import InvalidProjectName, ScriptError, SerializationError
@@ -25,6 +24,9 @@ from .helpers import fail
 DEBUG_ENV = {"debugger": True}
 #: Bytes of a fetched page sent back to the browser for the HTML and rendered-page tabs.
 MAX_TEXT = 2 * 1024 * 1024
+#: The settings a debug worker gets: how to fetch and process, never a database or a credential.
+WORKER_SETTINGS = ("timeout", "connect_timeout", "user_agent", "proxy", "max_body_size", "max_redirects",
+                   "robots_txt_ttl", "process_time_limit", "log_tail")
 _DEFAULTS = {"schedule": Schedule().to_dict(), "fetch": Fetch().to_dict(), "process": Process().to_dict()}
 
 
@@ -93,45 +95,37 @@ def fetch_report(result: FetchResult, task: Task) -> dict[str, Any]:
     }
 
 
-class Debugger:
-    """Runs debug tasks; one per web UI (it keeps an HTTP client for the UI's event loop)."""
+def new_report(task: Task | dict[str, Any]) -> dict[str, Any]:
+    """A report of a run that has not got anywhere yet."""
+    return {"task": compact_task(task), "ok": False, "fetch_result": None, "follows": [], "messages": [],
+            "results": [], "logs": [], "exception": None, "track": None}
 
-    def __init__(self, settings: Settings, executor: Executor, fetcher: Fetcher | None = None):
-        self.settings = settings
-        self.executor = executor
-        self.fetcher = fetcher or Fetcher(None, None, settings)
-        self.processor = Processor(settings=settings, projects=ProjectManager(env=DEBUG_ENV),
-                                   capture_stdout=True)
 
-    def close(self) -> None:
-        self.fetcher.close()
+def run_debug(name: str, script: str, task: Task, settings: Settings) -> dict[str, Any]:
+    """Load *script*, fetch *task* and run its callback; a report for the debugger's tabs.
 
-    def _load(self, name: str, script: str) -> Any:
-        return load_project(name, script, env=DEBUG_ENV, time_limit=self.settings.process_time_limit)
-
-    async def run(self, name: str, script: str, task: Task) -> dict[str, Any]:
-        """Fetch and process *task* with *script*; a report for the debugger's tabs."""
-        loop = asyncio.get_running_loop()
-        report: dict[str, Any] = {"task": compact_task(task), "ok": False, "fetch_result": None, "follows": [],
-                                  "messages": [], "results": [], "logs": [], "exception": None, "track": None}
-        try:
-            project = await loop.run_in_executor(self.executor, self._load, name, script)
-        except ScriptError as exc:
-            report["exception"] = f"ScriptError: {exc}"
-            return report
-        result = await self.fetcher.fetch(task)
-        report["fetch_result"] = fetch_report(result, task)
-        outcome = await loop.run_in_executor(self.executor, self.processor.process, task, result, project)
-        for new in outcome.new_tasks:
-            if new.taskid == "_on_message":
-                save = new.fetch.save if isinstance(new.fetch.save, dict) else {}
-                report["messages"].append({"project": new.project, "sender": save.get("sender"),
-                                           "message": _plain(save.get("message", new.fetch.save))})
-            else:
-                report["follows"].append(compact_task(new))
-        report["results"] = [_plain(pack.result) for pack in outcome.results]
-        report["logs"] = list(outcome.logs)
-        report["exception"] = outcome.exception
-        report["ok"] = outcome.exception is None
-        report["track"] = _plain(outcome.status_pack.track.to_dict())
+    Runs in a debug worker's main thread, so the callback's time limit is a signal.
+    """
+    report = new_report(task)
+    try:
+        project = load_project(name, script, env=DEBUG_ENV, time_limit=settings.process_time_limit)
+    except ScriptError as exc:
+        report["exception"] = f"ScriptError: {exc}"
         return report
+    result = Fetcher(None, None, settings).fetch_sync(task)
+    report["fetch_result"] = fetch_report(result, task)
+    processor = Processor(settings=settings, projects=ProjectManager(env=DEBUG_ENV), capture_stdout=True)
+    outcome = processor.process(task, result, project)
+    for new in outcome.new_tasks:
+        if new.taskid == "_on_message":
+            save = new.fetch.save if isinstance(new.fetch.save, dict) else {}
+            report["messages"].append({"project": new.project, "sender": save.get("sender"),
+                                       "message": _plain(save.get("message", new.fetch.save))})
+        else:
+            report["follows"].append(compact_task(new))
+    report["results"] = [_plain(pack.result) for pack in outcome.results]
+    report["logs"] = list(outcome.logs)
+    report["exception"] = outcome.exception
+    report["ok"] = outcome.exception is None
+    report["track"] = _plain(outcome.status_pack.track.to_dict())
+    return report

@@ -129,7 +129,8 @@ class Pipeline:
                                    poll_interval=0.05)
         self.processor_thread = threading.Thread(target=self.processor.run, name="processor", daemon=True)
         self.processor_thread.start()
-        self.worker = ResultWorker(q["processor2result"], self.resultdb, self.settings, poll_interval=0.05)
+        self.worker = ResultWorker(q["processor2result"], self.resultdb, self.settings, poll_interval=0.05,
+                                   status_queue=q["status_queue"])
         self.worker_thread = threading.Thread(target=self.worker.run, name="result-worker", daemon=True)
         self.worker_thread.start()
         app = make_app(self.settings, projectdb=self.projectdb, taskdb=self.taskdb, resultdb=self.resultdb,

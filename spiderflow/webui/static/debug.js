@@ -103,6 +103,8 @@
     const exception = document.getElementById("exception");
     exception.hidden = !report.exception;
     document.getElementById("exception-text").textContent = report.exception || "";
+    document.getElementById("exception-title").textContent =
+      report.limit ? `The run hit its ${report.limit} limit` : "The callback failed";
     showPage(fetched);
     document.getElementById("html-source").textContent = fetched ? fetched.text : "";
     const follows = document.getElementById("follows");
@@ -131,6 +133,7 @@
   }
 
   async function run() {
+    if (!editable) { toast("this project is locked: it cannot be debugged without logging in", "error"); return; }
     let task;
     try {
       task = JSON.parse(taskBox.value);
