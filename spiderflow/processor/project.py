@@ -81,22 +81,40 @@ class Project:
         with self._lock:
             handler._reset(task, response, time.time() if now is None else now)
             capture = Capture(capture_stdout)
+            limit = TimeLimit(time_limit)
             exception = None
             try:
                 with capture:
                     try:
-                        with TimeLimit(time_limit):
+                        with limit:
                             handler._run_task(task, response)
                     except TimeLimitExceeded as exc:
                         exception = format_exception(exc, limit_hint=time_limit)
                     except (Exception, SystemExit) as exc:  # sys.exit() in a script ends the task only
                         exception = format_exception(exc)
+                        if limit.expired:  # it caught the time limit, then raised something else
+                            exception += "\n\n" + format_exception(TimeLimitExceeded(), limit_hint=time_limit)
                     if exception is not None:
                         capture.add(f"[E {task.project}:{task.taskid}] {exception.rstrip()}")
+                    if limit.expired:
+                        _note_dropped(task, handler, capture)
+                save = handler.save if isinstance(handler.save, dict) else {}
+                if limit.expired:  # what a stopped callback produced may be cut short anywhere: none of it is kept
+                    return TaskRun(logs=capture.lines(), exception=exception, save=save)
                 return TaskRun(handler._results, handler._follows, handler._messages, capture.lines(),
-                               exception, handler.save if isinstance(handler.save, dict) else {})
+                               exception, save)
             finally:
                 handler._reset()
+
+
+def _note_dropped(task: Task, handler: BaseHandler, capture: Capture) -> None:
+    """Log what a callback over its time limit produced and loses (even if it caught TimeLimitExceeded)."""
+    counts = ((len(handler._results), "result"), (len(handler._follows), "follow-up request"),
+              (len(handler._messages), "message"))
+    dropped = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in counts if n]
+    if dropped:
+        capture.add(f"[W {task.project}:{task.taskid}] the time limit was exceeded: dropped the callback's "
+                    f"{', '.join(dropped)}")
 
 
 def format_exception(exc: BaseException, limit_hint: float | None = None) -> str:
