@@ -107,6 +107,22 @@ def test_base_href_and_odd_links():
         "mailto:me@example.com", "http://cdn.example.com/y", "http://[bad"]
 
 
+@pytest.mark.parametrize("href", ["http://[bad", "http://[bad/x/", "//[bad", "https://::1]/", "javascript:void(0)",
+                                  "data:text/html,x"])
+def test_an_unusable_base_href_is_ignored(href):
+    html = (f'<html><head><base href="{href}"><title>t</title></head>'
+            '<body><a href="a.html">a</a><img src="/i.png"></body></html>').encode()
+    response = Response(200, "http://example.com/dir/page", content=html, headers={"Content-Type": "text/html"})
+    assert response.doc("title").text() == "t"
+    assert response.doc("a").attr.href == "http://example.com/dir/a.html"     # against the page URL
+    assert response.doc("img").attr.src == "http://example.com/i.png"
+
+
+def test_a_page_url_that_cannot_be_a_base_leaves_the_links_alone():
+    response = Response(200, "http://[bad/page", content=b'<a href="a.html">a</a>', headers={"Content-Type": "text/html"})
+    assert response.doc("a").attr.href == "a.html"
+
+
 def test_cheap_attributes_stay_lazy():
     response = Response(200, "http://example.com/", content=b"<html><title>t</title></html>",
                         headers={"Content-Type": "text/html; charset=utf-8"})

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..exceptions import HTTPError
 from ..message import FetchResult, Task
-from .urls import url_joiner
+from .urls import link_base, url_joiner
 
 #: Labels replaced by the superset browsers decode them with (WHATWG encoding standard).
 _SUPERSETS = {
@@ -335,8 +335,11 @@ def make_links_absolute(root: Any, base_url: str, source: str | None = None) -> 
     xpaths = _LINK_XPATHS or _compile_link_xpaths()
     base = root.find(".//base[@href]")
     if base is not None:
-        base_url = _join_or_keep(url_joiner(base_url), base.get("href"))
-    join = url_joiner(base_url)
+        base_url = link_base(base_url, base.get("href"))
+    try:
+        join = url_joiner(base_url)
+    except ValueError:  # the page URL itself is malformed: leave every link as it is
+        return []
     names = LINK_ATTRIBUTES
     if source is not None:
         lowered = source.lower()

@@ -14,6 +14,7 @@ from urllib.parse import urljoin, urlsplit
 
 _HTTP = ("http://", "https://")
 _NETLOC_END = re.compile(r"[/?#]")
+_NO_BASE_SCHEMES = ("data", "javascript")
 
 
 def origin(base: str) -> str:
@@ -34,6 +35,24 @@ def origin(base: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def link_base(page_url: str, href: str | None) -> str:
+    """The URL a page's links resolve against: its ``<base href>`` joined with *page_url*.
+
+    A missing href, one that is not a URL (``http://[bad``), or a ``data:`` or
+    ``javascript:`` one is ignored, as browsers ignore it: the page URL is the base then.
+    """
+    if href is None:
+        return page_url
+    try:
+        base = url_joiner(page_url)(href.strip())
+        origin(base)                        # ValueError for a malformed host
+    except ValueError:
+        return page_url
+    if base.split(":", 1)[0].lower() in _NO_BASE_SCHEMES:
+        return page_url
+    return base
+
+
 @lru_cache(maxsize=256)
 def url_joiner(base: str) -> Callable[[str], str]:
     """A function that resolves a link against *base* (an absolute http(s) URL)."""
@@ -48,4 +67,4 @@ def url_joiner(base: str) -> Callable[[str], str]:
     return join
 
 
-__all__ = ["origin", "url_joiner"]
+__all__ = ["link_base", "origin", "url_joiner"]
