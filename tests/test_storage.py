@@ -1,7 +1,7 @@
 """projectdb, taskdb and resultdb, one suite run on SQLite, PostgreSQL and MySQL.
 
-On the shared servers spiderflow's tables are dropped once per session and emptied before
-each test; SQLite gets a fresh file per test.
+On PostgreSQL and MySQL the suite runs in this test run's own database (see conftest.py),
+whose tables are emptied before each test; SQLite gets a fresh file per test.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
-from conftest import require_service
+from conftest import RUN_DATABASES, RunDatabases, require_service, service_url
 
 from spiderflow import storage
 from spiderflow.exceptions import (
@@ -53,17 +53,12 @@ from spiderflow.storage.taskdb import (
 BAD_NAME = "p'; drop table x; --"
 needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
                                 reason="needs the fork start method")
-_dropped: set[str] = set()
 
 
 def _reset_server(url: str) -> None:
-    """Drop spiderflow's tables once per session (fresh schema), then only empty them."""
+    """Empty spiderflow's tables in this run's database (created empty for this run)."""
     engine = storage.create_engine(url)
     try:
-        if url not in _dropped:
-            METADATA.drop_all(engine)
-            _dropped.add(url)
-            return
         with engine.begin() as conn:
             existing = set(sa.inspect(conn).get_table_names())
             for table in METADATA.sorted_tables:
@@ -693,6 +688,37 @@ def test_schema_version_too_new(db_url, taskdb):
     with pytest.raises(SchemaVersionError, match="schema version 999, newer"):
         storage.connect_taskdb(db_url)
     storage.connect_resultdb(db_url).close()  # other roles are unaffected
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_each_test_run_has_a_database_of_its_own(kind):
+    mine = require_service(kind)
+    assert sa.make_url(mine).database == RUN_DATABASES.name
+    assert RUN_DATABASES.name.startswith(f"spiderflow_test_{os.getpid()}_")
+    server = service_url(kind)
+    other = RunDatabases()                      # what another run on this server would get
+    try:
+        theirs = other.url(kind, server)
+        assert sa.make_url(theirs).database not in (sa.make_url(mine).database, sa.make_url(server).database)
+        db = storage.connect_taskdb(theirs)
+        db.insert(make_task("http://theirs/"))
+        db.close()
+        _reset_server(mine)                     # what this suite does to its database before each test
+        db = storage.connect_taskdb(theirs)
+        assert db.count("proj") == 1            # untouched
+        db.close()
+    finally:
+        other.drop_all()
+    engine = storage.create_engine(server)
+    try:
+        with engine.connect() as conn:
+            if kind == "postgresql":
+                names = conn.exec_driver_sql("SELECT datname FROM pg_database").scalars().all()
+            else:
+                names = conn.exec_driver_sql("SHOW DATABASES").scalars().all()
+    finally:
+        engine.dispose()
+    assert other.name not in names and RUN_DATABASES.name in names     # only the other run's was dropped
 
 
 def test_url_schemes():

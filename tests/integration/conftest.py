@@ -13,9 +13,9 @@
 * :class:`Cluster` runs ``spiderflow scheduler|fetcher|processor|result-worker`` as separate
   processes on one Backend, stores a project with ``spiderflow project add`` and starts it
   with ``spiderflow project run``; it reads resultdb and taskdb to see how far the crawl got.
-  PostgreSQL and MySQL tables are shared with every other test, so a cluster uses a
-  project of its own and deletes that project's rows (and its processes' node rows)
-  afterwards; tables are never dropped.
+  The PostgreSQL or MySQL database is this test run's own (see ``tests/conftest.py``) but
+  shared by every test of the run, so a cluster uses a project of its own and deletes that
+  project's rows (and its processes' node rows) afterwards.
 
 ``tests/integration/distributed_rate.py`` uses the same classes outside pytest.
 """
