@@ -1,10 +1,11 @@
 """The scheduler stage: the run_once loop, its task queue, token buckets and counters.
 
 :class:`Scheduler` is the pipeline's single source of truth for task state;
-:class:`ThreadedScheduler` runs it in a thread of its own (stress tests, in-process bench);
-:class:`OneScheduler` runs fetch → process → result inline for one project (``spiderflow
-one``). :func:`make_control_app` is its HTTP + JSON control interface and
-:class:`ControlClient` the client the CLI and web UI use.
+:class:`ThreadedScheduler` runs it in a thread of its own, for tests that call it from other
+threads (the control interface's, the browser tests' pipeline); :class:`OneScheduler` runs
+fetch → process → result inline (``spiderflow one``, :func:`spiderflow.crawl` and the
+bench's ``--in-process`` mode). :func:`make_control_app` is its HTTP + JSON control
+interface and :class:`ControlClient` the client the CLI and web UI use.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The scheduler in a thread of its own, for stress tests and the in-process bench.
+"""The scheduler in a thread of its own, for tests that call it from other threads.
 
 The loop runs in a daemon thread; every public operation (newtask, counters, ...) takes
 the same lock as ``run_once``, so other threads (an event loop serving the control
