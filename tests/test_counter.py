@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 
-from spiderflow.scheduler.counter import Counters
+import pytest
+
+from spiderflow.scheduler.counter import EVENTS, Counters
 
 
 class Clock:
@@ -24,7 +27,7 @@ def test_windows_slide_and_totals_stay():
     c.event("p", "pending", -3, windows=False)
     snap = c.snapshot("p")["p"]
     assert snap["5m"]["success"] == 3 and snap["1h"]["success"] == 3 and snap["1d"]["success"] == 3
-    assert snap["all"]["pending"] == 2 and snap["5m"]["pending"] == 5
+    assert snap["all"]["pending"] == 2 and snap["5m"]["pending"] == 2   # 5 queued, 3 of them done
     clock.t += 301
     snap = c.snapshot("p")["p"]
     assert snap["5m"]["success"] == 0 and snap["1h"]["success"] == 3
@@ -86,3 +89,88 @@ def test_corrupt_file_is_reported_and_replaced(tmp_path, caplog):
         assert json.loads(path.read_text())["version"] == 1     # replaced by a fresh file
         assert Counters(Clock()).load(str(path)) is True
         caplog.clear()
+
+
+def assert_nested(snap: dict) -> None:
+    """all >= 1d >= 1h >= 5m for every count, and for the dashboard's bar totals."""
+    for project, windows in snap.items():
+        for event in EVENTS:
+            values = [windows[w][event] for w in ("all", "1d", "1h", "5m")]
+            assert values == sorted(values, reverse=True) and values[-1] >= 0, (project, event, values)
+        totals = [sum(windows[w][e] for e in EVENTS) for w in ("all", "1d", "1h", "5m")]
+        assert totals == sorted(totals, reverse=True), (project, totals)
+
+
+def test_a_crawl_done_within_five_minutes_shows_as_many_tasks_in_all_as_in_5m():
+    # the scheduler's events for 10 new tasks, 8 done, 1 retried then failed, 1 still pending
+    c = Counters(Clock())
+    c.event("p", "pending", 10)
+    for _ in range(8):
+        c.event("p", "success")
+        c.event("p", "pending", -1, windows=False)
+    c.event("p", "retry")
+    c.event("p", "failed")
+    c.event("p", "pending", -1, windows=False)
+    snap = c.snapshot("p")["p"]
+    assert_nested({"p": snap})
+    for w in ("5m", "1h", "1d", "all"):
+        assert (snap[w]["pending"], snap[w]["success"], snap[w]["retry"], snap[w]["failed"]) == (1, 8, 1, 1), w
+
+
+def test_recrawls_and_restarts_never_show_more_in_a_window_than_in_all():
+    c = Counters(Clock())
+    c.set_total("p", "success", 2)                        # two SUCCESS tasks in taskdb at start
+    for _ in range(5):
+        c.event("p", "success", total=False)              # a recrawled task, done five times
+    c.event("p", "pending")                               # a SUCCESS task restarted
+    c.event("p", "success", -1, windows=False)
+    snap = c.snapshot("p")["p"]
+    assert_nested({"p": snap})
+    assert snap["5m"]["success"] == snap["all"]["success"] == 1
+
+
+def test_a_stale_negative_total_shows_as_zero():
+    c = Counters(Clock())
+    c.event("p", "success")
+    c.event("p", "pending", -1, windows=False)            # a task the loaded counters never saw queued
+    snap = c.snapshot("p")["p"]
+    assert snap["all"]["pending"] == 0 and snap["5m"]["pending"] == 0
+    assert_nested({"p": snap})
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_windows_always_nest_in_all(seed):
+    """Random scheduler-like event streams over two days, checked after every step and window filter."""
+    rng = random.Random(seed)
+    clock = Clock()
+    c = Counters(clock)
+    for step in range(400):
+        project = rng.choice("ab")
+        action = rng.choice(["new", "done", "recrawl", "retry", "failed", "restart", "cancel", "init", "time"])
+        if action == "new":
+            c.event(project, "pending", rng.randint(1, 5))
+        elif action == "done":
+            c.event(project, "success")
+            c.event(project, "pending", -1, windows=False)
+        elif action == "recrawl":
+            c.event(project, "success", total=False)
+        elif action == "retry":
+            c.event(project, "retry")
+        elif action == "failed":
+            c.event(project, "failed")
+            c.event(project, "pending", -1, windows=False)
+        elif action == "restart":
+            c.event(project, "pending")
+            c.event(project, rng.choice(["success", "failed"]), -1, windows=False)
+        elif action == "cancel":
+            c.event(project, "pending", -1, windows=False)
+        elif action == "init":
+            for event in ("pending", "success", "failed"):
+                c.set_total(project, event, rng.randint(0, 20))
+        else:
+            clock.t += rng.choice([1, 9, 61, 299, 301, 3599, 3601, 86399])
+        snap = c.snapshot()
+        assert_nested(snap)
+        for project_name, windows in snap.items():
+            for w in ("5m", "1h", "1d", "all"):
+                assert c.snapshot(project_name, w) == {project_name: {w: windows[w]}}

@@ -176,6 +176,50 @@ def test_counters_saved_reloaded_and_corrupt_file_replaced(tmp_path, caplog):
     h.close()
 
 
+def _assert_nested(counters: dict) -> None:
+    for project, windows in counters.items():
+        for event in ("pending", "success", "retry", "failed"):
+            values = [windows[w][event] for w in ("all", "1d", "1h", "5m")]
+            assert values == sorted(values, reverse=True), (project, event, values)
+
+
+def test_a_fresh_crawl_shows_no_more_in_5m_than_in_all(h):
+    h.add_project()
+    h.start("p")
+    for i in range(10):
+        h.new(f"http://a/{i}", retries=1)
+    h.run()
+    sent = h.sent_normal()
+    h.answer_all(sent[:8])
+    h.answer(sent[8], ok=False)
+    h.run()
+    counters = h.scheduler.counters("p")
+    _assert_nested(counters)
+    from spiderflow.webui.dashboard import progress
+    assert [progress(counters["p"][w])["total"] for w in ("all", "1d", "1h", "5m")] == [11] * 4   # the bars' numbers
+    for w in ("5m", "all"):    # one task is one count, in every window
+        c = counters["p"][w]
+        assert (c["pending"], c["success"], c["retry"], c["failed"]) == (2, 8, 1, 0), w
+
+
+def test_totals_come_from_taskdb_even_over_a_stale_counter_file(tmp_path):
+    h = Harness(tmp_path, counter_dump_interval=60)
+    h.add_project()
+    h.start("p")
+    for i in range(10):
+        h.new(f"http://a/{i}")
+    h.clock.advance(61)
+    h.run()                                       # stored, dispatched; counters saved: 10 pending
+    h.answer_all(h.sent_normal())
+    h.run()                                       # all done, not saved yet
+    h.new_scheduler()                             # a crash: the counter file is a minute behind taskdb
+    h.run()
+    counters = h.scheduler.counters("p")
+    assert counters["p"]["all"]["pending"] == 0 and counters["p"]["all"]["success"] == 10
+    _assert_nested(counters)
+    h.close()
+
+
 def test_counter_file_can_be_moved_or_turned_off(tmp_path):
     h = Harness(tmp_path, scheduler_kwargs={"counter_file": None})
     h.add_project()

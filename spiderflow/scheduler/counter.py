@@ -5,6 +5,14 @@ durations (``fetch_time``, ``process_time``) in time buckets, so old events fall
 the window slides. ``all`` holds totals: ``pending``, ``success`` and ``failed`` are the
 current numbers of tasks in those states, ``retry`` counts every retry.
 
+Events and states differ: a task queued and done within five minutes is one ``pending``
+and one ``success`` event in ``5m`` but one task in ``all``, and a recrawl or a restarted
+task adds a ``success`` to the windows but not to ``all``. So that the windows nest as the
+dashboard shows them, :meth:`Counters.snapshot` caps every count of a window by the same
+count of the next larger one: ``all`` >= ``1d`` >= ``1h`` >= ``5m`` always, for each of the
+four (a window never shows more pending tasks than are pending now, nor more successes
+than tasks that succeeded).
+
 The file is JSON written atomically; a file that cannot be read is reported, moved aside
 (``<file>.corrupt``) and replaced, never fatal.
 """
@@ -25,6 +33,7 @@ logger = logging.getLogger(__name__)
 #: window name -> (span in seconds, bucket size in seconds)
 WINDOWS: dict[str, tuple[int, int]] = {"5m": (300, 10), "1h": (3600, 60), "1d": (86400, 600)}
 EVENTS = ("pending", "success", "retry", "failed")
+_LARGEST_FIRST = sorted(WINDOWS, key=lambda w: WINDOWS[w][0], reverse=True)
 TIMES = ("fetch_time", "process_time")
 FILE_VERSION = 1
 
@@ -110,12 +119,19 @@ class Counters:
         out: dict[str, dict[str, dict[str, float]]] = {}
         for name in projects:
             entry: dict[str, dict[str, float]] = {}
-            for w in WINDOWS:
-                if window in (None, w):
-                    entry[w] = self._shape(self._window_values(w, name, now))
+            cap = self._shape(self._all.get(name, {}))
+            for event in EVENTS:
+                cap[event] = max(0, cap[event])
             if window in (None, "all"):
-                entry["all"] = self._shape(self._all.get(name, {}))
-            out[name] = entry
+                entry["all"] = cap
+            for w in _LARGEST_FIRST:       # each window capped by the next larger one: they nest
+                shaped = self._shape(self._window_values(w, name, now))
+                for event in EVENTS:
+                    shaped[event] = max(0, min(shaped[event], cap[event]))
+                if window in (None, w):
+                    entry[w] = shaped
+                cap = shaped
+            out[name] = {w: entry[w] for w in (*WINDOWS, "all") if w in entry}
         return out
 
     # -- persistence --------------------------------------------------------------------

@@ -644,10 +644,10 @@ class Scheduler(NewTasks, Operations):
             p = self.projects.get(name)
             if p is not None:
                 p.active_count = int(by_status.get(_ACTIVE, 0))
-            if not self._counters_loaded:
-                self._counters.set_total(name, "pending", by_status.get(_ACTIVE, 0))
-                self._counters.set_total(name, "success", by_status.get(TaskStatus.SUCCESS, 0))
-                self._counters.set_total(name, "failed", by_status.get(TaskStatus.FAILED, 0))
+            # taskdb is the truth for these three, even over a loaded counter file (it may be stale)
+            self._counters.set_total(name, "pending", by_status.get(_ACTIVE, 0))
+            self._counters.set_total(name, "success", by_status.get(TaskStatus.SUCCESS, 0))
+            self._counters.set_total(name, "failed", by_status.get(TaskStatus.FAILED, 0))
         for p in self.projects.values():
             if p.active_count is None:
                 p.active_count = 0
