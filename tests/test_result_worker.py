@@ -195,3 +195,18 @@ def test_a_resultdb_outage_is_waited_out_without_dropping(resultdb, caplog):
     assert failures["left"] == 0 and "database is unavailable" in caplog.text and "database is back" in caplog.text
     assert resultdb.count("p") == 3 and (worker.stored, worker.failed) == (3, 0)
     assert len(status_queue.get_many(100)) == 3
+
+
+def test_a_closed_output_stops_the_jsonl_worker_without_losing_statuses():
+    """`result-worker --sink jsonl | head`: once the pipe closes nothing is acknowledged or passed on."""
+    status_queue = connect_queue("memory://", "status_queue", 0)
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    worker = JsonLinesResultWorker(filled_queue([_page_message(i) for i in range(3)]), stream=Closed())
+    worker.status_queue = status_queue
+    worker.run(burst=True)
+    assert status_queue.qsize() == 0          # no task reported done without its result written
+    assert worker.stored == 0 and worker.failed == 0

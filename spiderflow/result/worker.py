@@ -91,8 +91,8 @@ class ResultWorker:
             self.on_results(packs)
             self.stored += len(packs)
             return len(packs)
-        except StorageUnavailable:
-            raise       # the database is away, the results are fine: run() keeps them and retries
+        except (StorageUnavailable, QueueClosed):
+            raise       # the database is away or the sink is gone, not the results' fault: run() decides
         except Exception as exc:
             if len(packs) == 1:
                 self._drop(packs[0], exc)
@@ -102,7 +102,7 @@ class ResultWorker:
         for pack in packs:
             try:
                 self.on_results([pack])
-            except StorageUnavailable:
+            except (StorageUnavailable, QueueClosed):
                 raise       # upserts: the retry of the whole batch stores these again, not twice
             except Exception as exc:
                 self._drop(pack, exc)
@@ -168,6 +168,12 @@ class ResultWorker:
                     for delivery in deliveries:
                         delivery.hand_back()
                     return False
+            except QueueClosed as exc:     # the sink's output is gone: keep the batch unacknowledged
+                logger.error("result worker: %s; stopping, %d results not stored", exc, len(packs))
+                for delivery in deliveries:
+                    delivery.hand_back()
+                self._stop.set()
+                return False
             except Exception:  # a hook bug must not end the loop
                 logger.exception("result worker: failed to handle a batch; going on")
                 break
@@ -241,8 +247,11 @@ class JsonLinesResultWorker(ResultWorker):
                              "updatetime": p.updatetime}, ensure_ascii=False, allow_nan=False) + "\n"
                  for p in packs]
         stream = self.stream or sys.stdout
-        stream.write("".join(lines))
-        stream.flush()
+        try:
+            stream.write("".join(lines))
+            stream.flush()
+        except BrokenPipeError:
+            raise QueueClosed("the output stream was closed (broken pipe)") from None
 
 
 #: Sinks available without an entry point.
