@@ -52,6 +52,8 @@ class Settings:
     busy_loop_interval: float = 0.005          # ... when idle while tasks are in flight or messages queued
     loop_limit: int = 1000                     # max tasks selected per run_once
     inqueue_limit: int = 0                     # max ACTIVE tasks in queue per project (0: no limit)
+    pool_cap: int = 0                          # max tasks in flight in the cluster (0: no limit); one stored
+                                               # with `spiderflow queue cap` overrides it
     task_window: int = 10000                   # ACTIVE tasks held in memory per project
     task_load_page: int = 1000                 # tasks loaded from taskdb per page
     lease_time: float = 600.0                  # seconds before an unanswered task is re-sent

@@ -490,7 +490,37 @@ class Scheduler(NewTasks, Operations):
         maxsize = self.out_queue.maxsize
         if maxsize:
             limit = min(limit, maxsize - self.out_queue.qsize())
+        cap = self._pool_cap()
+        if cap > 0:     # the cluster-wide cap on tasks in flight (dispatched, not yet answered)
+            limit = min(limit, cap - sum(p.queue.processing_count for p in self.projects.values()))
         return limit
+
+    _cap: int | None = None             # the pool cap in force (None: not read yet)
+    _cap_read_at = -math.inf
+
+    def _pool_cap(self) -> int:
+        """The cap on tasks in flight: the one stored by ``spiderflow queue cap``, else the
+        ``pool_cap`` setting (0: none). Read from projectdb at most once a second; while the
+        database cannot be read, the last value stays in force."""
+        now = self._clock()
+        if self._cap is not None and 0 <= now - self._cap_read_at < 1.0:
+            return self._cap
+        self._cap_read_at = now
+        try:
+            stored = self.projectdb.get_pool_cap()
+        except StorageError as exc:
+            if self._cap is not None:
+                return self._cap
+            logger.error("cannot read the cluster's pool cap (%s); using pool_cap=%d until it can be read",
+                         exc, self.settings.pool_cap)
+            stored = None
+        cap = max(0, self.settings.pool_cap if stored is None else stored)
+        if cap != self._cap:
+            if cap or self._cap:
+                logger.info("%s: %s (%s)", self.kind, f"at most {cap} tasks in flight" if cap else "no pool cap",
+                            "the pool_cap setting" if stored is None else "the cluster's, from `spiderflow queue cap`")
+            self._cap = cap
+        return cap
 
     def _check_select(self, now: float) -> None:
         budget = self._room()

@@ -3,6 +3,10 @@
 The scheduler polls :meth:`ProjectDB.changed_since` to pick up edits; the web UI and the
 processor read scripts with :meth:`ProjectDB.get`. A project is a dict with the keys of
 :data:`FIELDS`; ``status`` is a :class:`~spiderflow.message.ProjectStatus`.
+
+The projectdb database is the one every node of a cluster shares, so it also keeps the
+cluster-wide values set by ``spiderflow queue`` (:meth:`ProjectDB.get_pool_cap`), as
+``cluster:<name>`` rows of ``spiderflow_meta``.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import sqlalchemy as sa
 
 from ..exceptions import StorageError
 from ..message import ProjectStatus, validate_project_name
-from .base import LONGTEXT, METADATA, MYSQL_TABLE, NAME, BaseDB, check_fields
+from .base import LONGTEXT, META, METADATA, MYSQL_TABLE, NAME, BaseDB, check_fields
 
 FIELDS = ("name", "group", "status", "script", "comments", "rate", "burst", "updatetime")
+#: spiderflow_meta keys of the cluster-wide values (the rest of that table is schema versions)
+CLUSTER_PREFIX = "cluster:"
 
 PROJECTS = sa.Table(
     "spiderflow_project", METADATA,
@@ -88,6 +94,41 @@ class ProjectDB(BaseDB):
         validate_project_name(name)
         with self._write("drop") as conn:
             return conn.execute(PROJECTS.delete().where(PROJECTS.c.name == name)).rowcount > 0
+
+    # -- cluster-wide values ------------------------------------------------------------
+    def get_cluster_value(self, name: str) -> str | None:
+        """The cluster-wide value *name* (a string), or None when it was never set."""
+        query = sa.select(META.c.value).where(META.c.key == CLUSTER_PREFIX + name)
+        with self._read("get_cluster_value") as conn:
+            return conn.execute(query).scalar()
+
+    def set_cluster_value(self, name: str, value: str | None) -> None:
+        """Store the cluster-wide value *name*; None deletes it."""
+        key = CLUSTER_PREFIX + name
+        with self._write("set_cluster_value") as conn:
+            if value is None:
+                conn.execute(META.delete().where(META.c.key == key))
+            elif conn.execute(sa.select(META.c.key).where(META.c.key == key)).first() is None:
+                conn.execute(META.insert().values(key=key, value=value))
+            else:
+                conn.execute(META.update().where(META.c.key == key).values(value=value))
+
+    def get_pool_cap(self) -> int | None:
+        """The cluster's cap on tasks in flight (0: no limit), or None when ``queue cap`` never set one."""
+        value = self.get_cluster_value("pool_cap")
+        if value is None:
+            return None
+        try:
+            return max(0, int(value))
+        except ValueError:
+            raise StorageError(f"projectdb in {self.url}: unreadable pool_cap {value!r} in spiderflow_meta; "
+                               "set it again with `spiderflow queue cap N`") from None
+
+    def set_pool_cap(self, cap: int) -> None:
+        """Set the cluster's cap on tasks in flight (0: no limit); every scheduler reads it within a second."""
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ValueError(f"pool_cap must be a whole number >= 0, not {cap!r}")
+        self.set_cluster_value("pool_cap", str(cap))
 
     @staticmethod
     def _select(fields) -> sa.Select:
