@@ -8,7 +8,7 @@ import click
 
 from ..exceptions import ConfigError
 from ..message import ProjectStatus, validate_project_name
-from ..runtime.scripts import check_script, read_script, store_project
+from ..runtime.scripts import ADDED, UNCHANGED, check_script, read_script, store_project
 from ..storage import connect_projectdb
 from . import get_settings
 from .options import handles_errors
@@ -45,26 +45,38 @@ def project() -> None:
 @project.command("add")
 @click.argument("script", type=click.Path(dir_okay=False))
 @click.option("--name", default=None, help="Project name [the script's file name].")
-@click.option("--status", type=click.Choice(STATUSES), default="TODO", show_default=True)
+@click.option("--status", type=click.Choice(STATUSES), default=None,
+              help="Status [TODO for a new project; a stored one keeps its status].")
 @click.option("--group", default=None, help="Group (\"delete\" with STOP drops the project after a day).")
-@click.option("--rate", type=float, default=None, help="Tasks per second [the script's '# rate: N', else 1].")
-@click.option("--burst", type=float, default=None, help="Burst [the script's '# burst: N', else 3].")
+@click.option("--rate", type=float, default=None,
+              help="Tasks per second [the script's '# rate: N', else 1; a stored project keeps its rate "
+                   "unless that line changed].")
+@click.option("--burst", type=float, default=None, help="Burst [the script's '# burst: N', else 3; as --rate].")
 @projectdb_option
 @click.pass_context
 @handles_errors
-def add(ctx: click.Context, script: str, name: str | None, status: str, group: str | None,
+def add(ctx: click.Context, script: str, name: str | None, status: str | None, group: str | None,
         rate: float | None, burst: float | None, projectdb: str | None) -> None:
-    """Store SCRIPT as a project (or update it)."""
+    """Store SCRIPT as a project, or update the stored project's script.
+
+    Updating keeps the project's status, and the rate and burst it runs at (also when they
+    were changed at runtime), unless --status, --rate or --burst are given or the script's
+    '# rate:' / '# burst:' line changed.
+    """
     name, text = read_script(script, name)
     check_script(name, text)
     settings, db = _projectdb(ctx, projectdb)
     try:
-        store_project(db, name, text, ProjectStatus(status), settings, rate, burst)
-        if group is not None:
-            db.update(name, group=group)
+        done = store_project(db, name, text, ProjectStatus(status) if status else None, settings, rate, burst,
+                             group=group)
+        row = db.get(name, fields=["status", "rate", "burst"])
     finally:
         db.close()
-    click.echo(f"project {name} stored with status {status}")
+    state = f"status {row['status'].value}, rate {row['rate']:g}, burst {row['burst']:g}"
+    if done == UNCHANGED:
+        click.echo(f"project {name} unchanged ({state})")
+    else:
+        click.echo(f"project {name} {'stored' if done == ADDED else 'updated'} with {state}")
 
 
 @project.command("list")
