@@ -1,7 +1,7 @@
 """The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.runtime`.
 
 One module per command family: ``components`` (scheduler, fetcher, processor,
-result-worker), ``one``, ``all``, ``project``, ``export``, ``demo_site``, ``nodes``; shared options in
+result-worker), ``one``, ``all``, ``project``, ``export``, ``demo_site``, ``nodes``, ``queue``; shared options in
 ``options``.
 
 Settings are resolved once here (flag > ``SPIDERFLOW_*`` environment > ``-c`` config
@@ -79,8 +79,8 @@ def show_config(ctx: click.Context) -> None:
 
 def _register() -> None:
     from . import all as all_cmd
-    from . import bench, components, demo_site, export, nodes, one, project, webui
-    for module in (one, all_cmd, components, project, export, demo_site, webui, bench, nodes):
+    from . import bench, components, demo_site, export, nodes, one, project, queue, webui
+    for module in (one, all_cmd, components, project, export, demo_site, webui, bench, nodes, queue):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -20,7 +20,7 @@ from ..storage import Databases, connect_nodedb, open_databases
 
 __all__ = ["COMPONENTS", "LOCAL_QUEUES", "Databases", "open_databases", "open_queues", "queue_scheme",
            "build_scheduler", "build_fetcher", "build_processor", "build_result_worker", "build_component",
-           "start_node", "node_lister", "check_port_free"]
+           "start_node", "node_lister", "control_client", "check_port_free"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,18 @@ def node_lister(settings: Settings) -> Callable[[bool], list[dict[str, Any]]]:
         finally:
             db.close()
     return nodes
+
+
+def control_client(settings: Settings, timeout: float = 10.0):
+    """A client of the scheduler's control interface at ``scheduler_host:scheduler_port``.
+
+    A scheduler bound to every address (0.0.0.0 or ::) is reached on 127.0.0.1.
+    """
+    from ..scheduler import ControlClient
+    host = settings.scheduler_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    host = f"[{host}]" if ":" in host else host
+    return ControlClient(f"http://{host}:{settings.scheduler_port}", settings.scheduler_token, timeout=timeout)
 
 
 # -- one component in this process -------------------------------------------------------------
