@@ -40,6 +40,7 @@ class Settings:
     projectdb: str | None = None       # None: sqlite:///<data_dir>/project.db
     resultdb: str | None = None        # None: sqlite:///<data_dir>/result.db
     queue: str | None = None           # None: memory:// in one process, multiprocessing for `all`
+    queue_prefix: str = "spiderflow"   # redis keys / RabbitMQ queue names start with it; a URL's ?prefix= wins
     queue_maxsize: int = 100
     newtask_queue_maxsize: int | None = None   # None: NEWTASK_LINKS × queue_maxsize (see queue_bounds)
     log_level: str = "INFO"

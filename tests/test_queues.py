@@ -66,7 +66,7 @@ def make_queue(request):
     yield make
     for q in made:
         q.close()
-    cleanup_service(scheme, url, tag, {q.name for q in made})
+    cleanup_service(scheme, url, tag, {getattr(q, "queue_name", q.name) for q in made})
 
 
 def task(i: int) -> Task:

@@ -314,7 +314,7 @@ def amqp_env():
     for q in made:
         q.close()
     ch = conn.channel()
-    for name in {q.name for q in made}:
+    for name in {q.queue_name for q in made}:
         ch.queue_delete(name)
     conn.close()
 
@@ -374,7 +374,7 @@ def test_amqp_malformed_message_is_dropped(amqp_env):
     q = make()
     # Two connections give no order between them: confirm the garbage is queued before the good one.
     ch.confirm_delivery()
-    ch.basic_publish("", q.name, b"\xc1garbage")
+    ch.basic_publish("", q.queue_name, b"\xc1garbage")
     q.put(task(1))
     with pytest.raises(SerializationError):
         q.receive(timeout=2)

@@ -21,7 +21,10 @@ def db_options(func: Callable) -> Callable:
 
 
 def queue_options(func: Callable) -> Callable:
-    """--queue URL and --queue-maxsize."""
+    """--queue URL, --queue-maxsize and --queue-prefix."""
+    func = click.option("--queue-prefix", default=None, metavar="WORD",
+                        help="Start of the redis keys and RabbitMQ queue names [spiderflow]: clusters sharing "
+                             "a Redis db or RabbitMQ vhost need different ones (a URL's ?prefix= wins).")(func)
     func = click.option("--queue-maxsize", type=int, default=None,
                         help="Bound of every queue [100]; newtask_queue holds 20 times as many.")(func)
     func = click.option("--queue", default=None, metavar="URL",

@@ -2,10 +2,12 @@
 
 Connection string::
 
-    amqp://user:password@host:5672/vhost[?prefetch=100]
+    amqp://user:password@host:5672/vhost[?prefix=spiderflow&prefetch=100]
 
-(the default vhost ``/`` is written ``%2F``, or left out). Each queue is a durable RabbitMQ
-queue of the same name holding persistent messages. A bounded queue is declared with
+(the default vhost ``/`` is written ``%2F``, or left out). Queue *name* is the durable
+RabbitMQ queue ``{prefix}.{name}`` holding persistent messages; the prefix is the URL's
+``?prefix=``, else the ``queue_prefix`` setting (``--queue-prefix``), else ``spiderflow``,
+so that clusters can share a vhost. A bounded queue is declared with
 ``x-max-length=maxsize`` and ``x-overflow=reject-publish``, and every publish waits for
 the broker's confirm, so a full queue is a QueueFull (after *timeout*), never a silently
 dropped message; ``put_many`` pipelines its publishes and waits for their confirms
@@ -24,6 +26,8 @@ already exists with another *maxsize* fails with a ConfigError saying what to do
 pika's connection is not thread-safe: a queue object serializes its calls with a lock (so
 threads may share it, one call at a time); a light thread answers heartbeats while the
 owner is busy elsewhere. After a fork the child opens its own connection.
+
+The scheduler lock on RabbitMQ is in :mod:`spiderflow.queues.amqp_lock`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from .base import BaseQueue, Delivery
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_PREFIX = "spiderflow"
 DEFAULT_PREFETCH = 100
 _PUBLISH_WINDOW = 2000             # publishes in flight before waiting for their confirms
 _CONFIRM_WAIT = 2.0                # least time given to the broker to confirm a publish (seconds)
@@ -84,9 +89,13 @@ def _parse_url(url: str) -> dict[str, Any]:
         raise ConfigError(f"unexpected '#{parts.fragment}' in amqp queue URL {shown!r}")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(query) - {"prefetch"})
+    unknown = sorted(set(query) - {"prefix", "prefetch"})
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} in amqp queue URL {shown!r}; known: prefetch")
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} in amqp queue URL {shown!r}; "
+                          "known: prefix, prefetch")
+    prefix = query.get("prefix")
+    if prefix is not None:
+        _check_prefix(prefix, f"prefix in amqp queue URL {shown!r}")
     prefetch = query.get("prefetch", str(DEFAULT_PREFETCH))
     if not prefetch.isdigit() or int(prefetch) < 1:
         raise ConfigError(f"prefetch in amqp queue URL {shown!r} must be a positive whole number, not {prefetch!r}")
@@ -95,7 +104,30 @@ def _parse_url(url: str) -> dict[str, Any]:
         "username": unquote(parts.username) if parts.username else "guest",
         "password": unquote(parts.password) if parts.password else "guest",
         "prefetch": int(prefetch),
+        "prefix": prefix,
     }
+
+
+def _check_prefix(prefix: str, what: str) -> str:
+    if not prefix or any(c.isspace() for c in prefix) or prefix.startswith("amq.") or len(prefix) > 200:
+        raise ConfigError(f"{what} must be a word of at most 200 characters that does not start with "
+                          f"'amq.' (RabbitMQ keeps those names), not {prefix!r}")
+    return prefix
+
+
+def _prefix(options: dict[str, Any], prefix: str | None) -> str:
+    """The URL's prefix, else *prefix* (the queue_prefix setting), else the default."""
+    if options["prefix"]:
+        return options["prefix"]
+    return _check_prefix(prefix, "the queue prefix (--queue-prefix)") if prefix is not None else DEFAULT_PREFIX
+
+
+def _parameters(options: dict[str, Any], connection_name: str, **kwargs: Any) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters(
+        host=options["host"], port=options["port"], virtual_host=options["vhost"],
+        credentials=pika.PlainCredentials(options["username"], options["password"]),
+        connection_attempts=1, socket_timeout=5, stack_timeout=10, blocked_connection_timeout=60,
+        client_properties={"connection_name": f"{connection_name} {socket.gethostname()}-{os.getpid()}"}, **kwargs)
 
 
 def _keep_alive(ref: weakref.ref, stop: threading.Event) -> None:
@@ -113,18 +145,18 @@ class AmqpQueue(BaseQueue):
 
     scheme = "amqp"
     reliable = True
+    prefixed = True
 
-    def __init__(self, name: str, maxsize: int = 0, url: str = DEFAULT_URL, *, prefetch: int | None = None):
+    def __init__(self, name: str, maxsize: int = 0, url: str = DEFAULT_URL, *, prefix: str | None = None,
+                 prefetch: int | None = None):
         super().__init__(name, maxsize)
         options = _parse_url(url)
         self.url = redact_url(url)
         self.vhost = options["vhost"]
+        self.prefix = _prefix(options, prefix)
+        self.queue_name = f"{self.prefix}.{name}"   # the RabbitMQ queue
         self.prefetch = int(prefetch or options["prefetch"])
-        self._params = pika.ConnectionParameters(
-            host=options["host"], port=options["port"], virtual_host=options["vhost"],
-            credentials=pika.PlainCredentials(options["username"], options["password"]),
-            connection_attempts=1, socket_timeout=5, stack_timeout=10, blocked_connection_timeout=60,
-            client_properties={"connection_name": f"spiderflow {name} {socket.gethostname()}-{os.getpid()}"})
+        self._params = _parameters(options, f"spiderflow {name}")
         self._arguments = {"x-max-length": maxsize, "x-overflow": "reject-publish"} if maxsize else {}
         self._lock = threading.RLock()
         self._pid = os.getpid()
@@ -195,17 +227,17 @@ class AmqpQueue(BaseQueue):
 
     def _declare(self, ch: Any) -> None:
         try:
-            ch.queue_declare(self.name, durable=True, arguments=self._arguments)
+            ch.queue_declare(self.queue_name, durable=True, arguments=self._arguments)
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code == 406:
                 bound = f"maxsize={self.maxsize}" if self.maxsize else "no maxsize"
                 raise ConfigError(
-                    f"queue {self.name!r} already exists on {self.url} with other arguments "
+                    f"queue {self.queue_name!r} already exists on {self.url} with other arguments "
                     f"({exc.reply_text}); this process asked for {bound}. Use the same --queue-maxsize "
-                    f"everywhere, or delete the queue (rabbitmqctl delete_queue {self.name} -p {self.vhost}) "
+                    f"everywhere, or delete the queue (rabbitmqctl delete_queue {self.queue_name} -p {self.vhost}) "
                     "once it is drained") from None
             if exc.reply_code == 403:
-                raise ConfigError(f"RabbitMQ at {self.url} refused to declare queue {self.name!r}: "
+                raise ConfigError(f"RabbitMQ at {self.url} refused to declare queue {self.queue_name!r}: "
                                   f"{exc.reply_text}") from None
             raise
 
@@ -307,7 +339,7 @@ class AmqpQueue(BaseQueue):
         for body in batch:
             self._seq += 1
             self._pending.append(self._seq)
-            impl.basic_publish("", self.name, body, _PERSISTENT, mandatory=True)
+            impl.basic_publish("", self.queue_name, body, _PERSISTENT, mandatory=True)
         remaining = _CONFIRM_WAIT_BLOCKING if deadline is None else max(_CONFIRM_WAIT, deadline - time.monotonic())
         with _IoloopTimerContext(remaining, self._conn._impl) as timer:
             ch._flush_output(lambda: not self._pending, timer.is_ready)
@@ -374,7 +406,7 @@ class AmqpQueue(BaseQueue):
         out: list[tuple[bytes, Any]] = []
         started = time.monotonic()
         while len(out) < count:
-            method, _props, body = ch.basic_get(self.name, auto_ack=auto_ack)
+            method, _props, body = ch.basic_get(self.queue_name, auto_ack=auto_ack)
             if method is None:
                 break
             if auto_ack:
@@ -469,7 +501,7 @@ class AmqpQueue(BaseQueue):
 
     # -- state --------------------------------------------------------------------------
     def _qsize(self) -> int:
-        return self._run(lambda ch: ch.queue_declare(self.name, passive=True).method.message_count,
+        return self._run(lambda ch: ch.queue_declare(self.queue_name, passive=True).method.message_count,
                          time.monotonic())
 
     def _close(self) -> None:
@@ -479,4 +511,5 @@ class AmqpQueue(BaseQueue):
             self._drop()  # RabbitMQ requeues whatever this connection held unacked
 
     def __repr__(self) -> str:
-        return f"<AmqpQueue {self.name!r} maxsize={self.maxsize} {self.url}>"
+        return f"<AmqpQueue {self.queue_name!r} maxsize={self.maxsize} {self.url}>"
+

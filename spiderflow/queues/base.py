@@ -74,11 +74,13 @@ class BaseQueue:
 
     ``serialize``: whether items travel as msgpack bytes (every backend that crosses a
     process boundary). ``reliable``: whether unacked deliveries survive a dead consumer.
+    ``prefixed``: whether the queue has a name on a server, which takes a ``prefix`` keyword.
     """
 
     scheme: str = ""
     serialize: bool = True
     reliable: bool = False
+    prefixed: bool = False
 
     def __init__(self, name: str, maxsize: int = 0):
         self.name = name

@@ -4,6 +4,8 @@ Connection string::
 
     redis://[[user]:password@]host:6379/0[?prefix=spiderflow&visibility_timeout=60]
 
+The prefix is the URL's ``?prefix=``, else the ``queue_prefix`` setting (``--queue-prefix``),
+else ``spiderflow``: clusters that share a database need prefixes of their own.
 Queue *name* is the list ``{prefix}:{name}``: producers push at its tail, and a Lua script
 checks the length and pushes in one step, so concurrent producers never take it past
 *maxsize*. ``receive()`` moves a message (``LMOVE``/``BLMOVE``) into this consumer's
@@ -20,6 +22,8 @@ backpressure never drops a message. Delivery is at-least-once: a command retried
 lost reply may push a message twice, and messages a receive moved but never saw (its reply
 was lost) are found and handed back by the next receive. The in-flight keys live outside KEYS in the scripts,
 so Redis Cluster is not supported.
+
+The scheduler lock on redis is in :mod:`spiderflow.queues.redis_lock`.
 """
 
 from __future__ import annotations
@@ -134,9 +138,9 @@ def _parse_url(url: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} in redis queue URL {shown!r}; "
                           "known: prefix, visibility_timeout")
-    prefix = query.get("prefix", DEFAULT_PREFIX)
-    if not prefix or any(c.isspace() for c in prefix):
-        raise ConfigError(f"prefix in redis queue URL {shown!r} must be a non-empty word")
+    prefix = query.get("prefix")
+    if prefix is not None:
+        _check_prefix(prefix, f"prefix in redis queue URL {shown!r}")
     try:
         visibility = float(query.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
     except ValueError:
@@ -153,6 +157,24 @@ def _parse_url(url: str) -> dict[str, Any]:
         "prefix": prefix,
         "visibility_timeout": visibility,
     }
+
+
+def _check_prefix(prefix: str, what: str) -> str:
+    if not prefix or any(c.isspace() for c in prefix):
+        raise ConfigError(f"{what} must be a non-empty word, not {prefix!r}")
+    return prefix
+
+
+def _prefix(options: dict[str, Any], prefix: str | None) -> str:
+    """The URL's prefix, else *prefix* (the queue_prefix setting), else the default."""
+    if options["prefix"]:
+        return options["prefix"]
+    return _check_prefix(prefix, "the queue prefix (--queue-prefix)") if prefix is not None else DEFAULT_PREFIX
+
+
+def _client(options: dict[str, Any], **kwargs: Any) -> redis.Redis:
+    return redis.Redis(**options["connection"], socket_connect_timeout=5, health_check_interval=30,
+                       retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1), **kwargs)
 
 
 def _consumer_id() -> str:
@@ -197,21 +219,20 @@ class RedisQueue(BaseQueue):
 
     scheme = "redis"
     reliable = True
+    prefixed = True
 
     def __init__(self, name: str, maxsize: int = 0, url: str = DEFAULT_URL, *,
                  prefix: str | None = None, visibility_timeout: float | None = None):
         super().__init__(name, maxsize)
         options = _parse_url(url)
         self.url = redact_url(url)
-        self.prefix = prefix or options["prefix"]
+        self.prefix = _prefix(options, prefix)
         self.visibility_timeout = float(visibility_timeout or options["visibility_timeout"])
         self.key = f"{self.prefix}:{name}"
         self._consumers = f"{self.key}:consumers"
         self._reclaim_every = min(_RECLAIM_EVERY, self.visibility_timeout / 2)
         self._next_reclaim = 0.0
-        self._client = redis.Redis(
-            **options["connection"], socket_connect_timeout=5, socket_timeout=_BLOCK_SLICE + 10,
-            health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1))
+        self._client = _client(options, socket_timeout=_BLOCK_SLICE + 10)
         self._push_script = self._client.register_script(_PUSH)
         self._take_script = self._client.register_script(_TAKE)
         self._settle_script = self._client.register_script(_SETTLE)
@@ -498,3 +519,4 @@ class RedisQueue(BaseQueue):
 
     def __repr__(self) -> str:
         return f"<RedisQueue {self.name!r} maxsize={self.maxsize} {self.url}>"
+
