@@ -1,5 +1,5 @@
 """`spiderflow one`, `spiderflow all`, `spiderflow export` and `spiderflow project` as real subprocesses,
-crawling the local link farm to completion with exact counts."""
+crawling the local link farm to completion with exact counts; `one | head` and stop signals during start-up."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
-from spiderflow.message import ProjectStatus, TaskStatus
+import pytest
+from conftest import require_service
+
+from spiderflow.message import ProjectStatus, TaskStatus, md5_taskid
 from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb
 from spiderflow.testing import link_farm_reachable, link_farm_url
 
@@ -315,3 +319,146 @@ def test_all_refuses_an_unknown_result_sink(tmp_path):
     out = spiderflow("--data-dir", str(tmp_path / "data"), "all", "--result-sink", "nowhere", "--exit-when-done",
                      "--no-webui", cwd=tmp_path)
     assert out.returncode != 0 and "unknown result sink 'nowhere'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_crawl_keeps_nothing_of_a_callback_that_swallowed_its_time_limit(tmp_path, httpbin):
+    import spiderflow
+    from spiderflow.settings import Settings
+
+    start = httpbin.url + link_farm_url(7, 2, 0)
+
+    class Handler(spiderflow.BaseHandler):
+        def on_start(self):
+            self.crawl(start, callback=self.stubborn, retries=0)
+
+        def stubborn(self, response):
+            self.crawl(start + "&next=1", callback=self.stubborn, retries=0)
+            try:
+                while True:
+                    time.sleep(0.01)
+            except BaseException:      # swallows TimeLimitExceeded too
+                pass
+            return {"late": True}
+
+    taskdb_url = f"sqlite:///{tmp_path}/task.db"
+    settings = Settings(process_time_limit=0.3, taskdb=taskdb_url, data_dir=str(tmp_path / "data"))
+    assert spiderflow.crawl(Handler, settings=settings, rate=1000, burst=1000) == []
+    taskdb = connect_taskdb(taskdb_url)
+    try:
+        counts = taskdb.status_count("Handler")
+        assert counts[TaskStatus.FAILED] == 1 and counts[TaskStatus.ACTIVE] == 0
+        assert taskdb.get("Handler", md5_taskid(start + "&next=1")) is None        # its follow-up was not kept
+    finally:
+        taskdb.close()
+
+
+def test_one_piped_into_head_stops_at_once_and_quietly(tmp_path, httpbin):
+    total, show = 400, 5
+    script = write_script(tmp_path, "farm_head", FARM_SCRIPT, httpbin, total, show)
+    taskdb = f"sqlite:///{tmp_path}/task.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SPIDERFLOW_REQUIRE_SERVICES", None)
+    started = time.monotonic()
+    one = subprocess.Popen([sys.executable, "-m", "spiderflow.cli", "one", script, "--taskdb", taskdb],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-n", "1"], stdin=one.stdout, stdout=subprocess.PIPE)
+    one.stdout.close()                        # head holds the only reading end: `one | head -1`
+    try:
+        first, _ = head.communicate(timeout=60)
+        _out, err = one.communicate(timeout=30)   # before the fix: the pass's tasks waited out their lease
+    finally:
+        for proc in (one, head):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    err = err.decode(errors="replace")
+    assert json.loads(first)["project"] == "farm_head"
+    assert one.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err[-3000:]
+    assert "the output was closed" in err
+    db = connect_taskdb(taskdb)
+    try:
+        counts = db.status_count("farm_head")
+        assert counts[TaskStatus.FAILED] == 0 and counts[TaskStatus.ACTIVE] > 0    # stopped early, nothing failed
+    finally:
+        db.close()
+    again = spiderflow("one", script, "--taskdb", taskdb, cwd=tmp_path)       # the crawl goes on from there
+    assert again.returncode == 0, again.stderr[-3000:]
+    db = connect_taskdb(taskdb)
+    try:
+        counts = db.status_count("farm_head")
+        assert counts[TaskStatus.ACTIVE] == 0 and counts[TaskStatus.FAILED] == 0
+        assert counts[TaskStatus.SUCCESS] >= len(link_farm_reachable(total, show))
+    finally:
+        db.close()
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers: a start-up connecting to it hangs."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connected = threading.Event()
+        self.peers: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                peer, _ = self.listener.accept()
+            except OSError:
+                return
+            self.peers.append(peer)
+            self.connected.set()
+
+    def close(self):
+        self.listener.close()
+        for peer in self.peers:
+            peer.close()
+
+
+@pytest.mark.parametrize("kind", ["scheduler", "fetcher"])
+def test_sigterm_during_start_up_is_logged_and_exits_cleanly(tmp_path, kind):
+    silent = SilentServer()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SPIDERFLOW_REQUIRE_SERVICES", None)
+    proc = subprocess.Popen([sys.executable, "-m", "spiderflow.cli", "--data-dir", str(tmp_path / "data"), kind,
+                             "--queue", f"redis://127.0.0.1:{silent.port}/0"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert silent.connected.wait(30), "the component never connected to its queue"
+        proc.send_signal(signal.SIGTERM)      # it waits for the queue's answer: still starting
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        silent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert f"{kind}: SIGTERM received during start-up; exiting" in err, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_sigterm_while_a_component_opens_its_databases(tmp_path):
+    redis_url = require_service("redis")
+    silent = SilentServer()
+    prefix = f"sftest-startup-{os.getpid()}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SPIDERFLOW_REQUIRE_SERVICES", None)
+    proc = subprocess.Popen([sys.executable, "-m", "spiderflow.cli", "--data-dir", str(tmp_path / "data"), "processor",
+                             "--queue", f"{redis_url}?prefix={prefix}",
+                             "--projectdb", f"postgresql://postgres@127.0.0.1:{silent.port}/test"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert silent.connected.wait(30), "the processor never connected to its projectdb"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        silent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "processor: SIGTERM received during start-up; exiting" in err, err[-3000:]
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]

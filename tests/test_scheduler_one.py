@@ -144,3 +144,41 @@ def test_errors_in_fetch_and_process_become_status(tmp_path):
     assert sorted(r.result for r in results) == [False, True, True]     # boom, fine, on_finished
     projectdb.close()
     taskdb.close()
+
+
+def test_a_closed_result_sink_stops_the_run_and_hands_the_rest_back(tmp_path):
+    from spiderflow.exceptions import QueueClosed
+
+    projectdb = connect_projectdb(f"sqlite:///{tmp_path}/project.db")
+    taskdb = connect_taskdb(f"sqlite:///{tmp_path}/task.db")
+    projectdb.insert("farm", status="DEBUG", script="class Handler: ...", rate=1000, burst=1000)
+    delivered: list[str] = []
+    closed = {"after": 5}
+
+    def sink(pack: ResultPack) -> None:
+        if closed["after"] is not None and len(delivered) >= closed["after"]:
+            raise QueueClosed("the reader is gone")
+        delivered.append(pack.taskid)
+
+    def make():
+        return OneScheduler(projectdb=projectdb, taskdb=taskdb, resultdb=None, fetcher=LinkFarm(), process=Script(),
+                            result_sink=sink, project="farm", counter_file=None, finished_delay=0.05,
+                            settings=Settings(data_dir=str(tmp_path / "data"), loop_interval=0.01))
+    one = make()
+    one.run_project("farm")
+    asyncio.run(asyncio.wait_for(one.run(burst=True), 20))     # before the fix: the pass's leases held it
+    assert one.sink_closed and len(delivered) == 5
+    done = {t for t, row in taskdb.get_many("farm", delivered, fields=["taskid", "status"]).items()
+            if row["status"] == "SUCCESS"}
+    assert done == set(delivered)                               # what was delivered is done
+    assert all(not p.queue.processing_count for p in one.projects.values())   # nothing left in flight
+
+    closed["after"] = None
+    again = make()
+    asyncio.run(asyncio.wait_for(again.run(burst=True), 20))    # the rest is still ACTIVE: it runs now
+    assert not again.sink_closed
+    counts = taskdb.status_count("farm")
+    assert counts[TaskStatus.ACTIVE] == 0
+    assert len(set(delivered)) == PAGES - 1                     # every page but the broken one, in the end
+    projectdb.close()
+    taskdb.close()

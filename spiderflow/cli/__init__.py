@@ -21,11 +21,16 @@ import click
 
 from .. import __version__
 from ..exceptions import SpiderflowError, redact_url
+from ..runtime.signals import guard_startup, release_startup, starting
 from ..settings import Settings, settings_from_environ
 
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "[%(levelname).1s %(asctime)s %(process)d %(name)s] %(message)s"
+#: the commands that run until stopped: a stop signal before they can stop warmly is logged
+#: and ends them cleanly (:func:`spiderflow.runtime.signals.starting`); the others keep the
+#: default handling of signals
+SERVING_COMMANDS = frozenset({"one", "all", "scheduler", "fetcher", "processor", "result-worker", "webui"})
 
 
 def setup_logging(level: str) -> None:
@@ -43,7 +48,16 @@ def get_settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
+class _Spiderflow(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """The entry point: stop signals are guarded before anything else, and logged to stderr."""
+        with starting("spiderflow"):
+            if not logging.getLogger().handlers:
+                setup_logging("INFO")   # until the settings say otherwise: a stop during start-up is logged
+            return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Spiderflow, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": None})
 @click.version_option(__version__, "-V", "--version", prog_name="spiderflow")
 @click.option("-c", "--config", type=click.Path(dir_okay=False), default=None,
               help="JSON (or .toml) file of settings; flags and SPIDERFLOW_* variables override it.")
@@ -57,6 +71,10 @@ def main(ctx: click.Context, config: str | None, data_dir: str | None, log_level
     Projects are Python scripts; components are linked by bounded queues and run in one
     process, on one machine, or across many.
     """
+    if ctx.invoked_subcommand in SERVING_COMMANDS:
+        guard_startup(ctx.invoked_subcommand)   # name the start-up after the command
+    else:
+        release_startup()
     ctx.obj = {"config": config, "overrides": {"data_dir": data_dir, "log_level": log_level}}
     settings = get_settings(ctx)
     setup_logging(settings.log_level)

@@ -7,6 +7,8 @@ redis://...`` or ``amqp://...``) and shared databases; ``memory://`` and
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from ..exceptions import ConfigError
@@ -27,8 +29,13 @@ def _run(ctx: click.Context, kind: str, burst: bool, **overrides) -> None:
     if scheme in LOCAL_QUEUES:
         raise ConfigError(f"a {scheme}:// queue cannot be shared with other processes; use redis:// or amqp:// "
                           "for separately started components, or `spiderflow all`")
-    queues = connect_queues(settings.queue, settings.queue_bounds())
-    run_component(kind, settings, queues, burst=burst)
+    queues = connect_queues(settings.queue, settings.queue_bounds(), prefix=settings.queue_prefix)
+    try:
+        run_component(kind, settings, queues, burst=burst)
+    finally:
+        for queue in queues.values():
+            with contextlib.suppress(Exception):   # closing is best effort: the process is ending
+                queue.close()
 
 
 @click.command("scheduler")

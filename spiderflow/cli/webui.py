@@ -37,14 +37,14 @@ def webui(ctx: click.Context, **options) -> None:
     from ..webui import build_webui
 
     settings = get_settings(ctx, **options)
-    queues = None
-    if settings.queue and settings.queue.split("://", 1)[0].lower() not in LOCAL_QUEUES:
-        queues = connect_queues(settings.queue, settings.queue_bounds())
-    server = build_webui(settings, queues=queues)
-    install_stop_signals(server.stop, "webui")
-    click.echo(f"spiderflow web UI on {server.url}", err=True)
-    node = start_node("webui", settings)
+    queues = node = None
     try:
+        if settings.queue and settings.queue.split("://", 1)[0].lower() not in LOCAL_QUEUES:
+            queues = connect_queues(settings.queue, settings.queue_bounds(), prefix=settings.queue_prefix)
+        server = build_webui(settings, queues=queues)
+        install_stop_signals(server.stop, "webui")
+        click.echo(f"spiderflow web UI on {server.url}", err=True)
+        node = start_node("webui", settings)
         server.run()
     finally:
         if node is not None:

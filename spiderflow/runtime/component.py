@@ -12,8 +12,14 @@ from ..exceptions import ConfigError
 from ..queues import BaseQueue
 from ..settings import Settings
 from ..storage import open_databases
-from .compose import COMPONENTS, build_component, node_lister, start_node
-from .signals import install_stop_signals, stop_grace
+from .compose import (
+    COMPONENTS,
+    build_component,
+    node_lister,
+    scheduler_lock,
+    start_node,
+)
+from .signals import install_stop_signals, starting, stop_grace
 
 logger = logging.getLogger(__name__)
 
@@ -42,33 +48,43 @@ def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *
                   observe: Callable[[str, Any], None] | None = None) -> None:
     """Run one component until a signal (or, with *burst*, until its input is drained).
 
-    *observe*, if given, is called with ``(kind, component)`` once the component is built and
-    before it runs (the bench watches the component's counters this way).
+    A stop signal before the component can stop warmly ends the start-up cleanly (see
+    :func:`~.signals.starting`). *observe*, if given, is called with ``(kind, component)``
+    once the component is built and before it runs (the bench watches the component's
+    counters this way).
     """
-    if kind not in COMPONENTS:
-        raise ConfigError(f"unknown component {kind!r}; known: {', '.join(COMPONENTS)}")
-    dbs = None if kind == "fetcher" else open_databases(settings)
-    grace = stop_grace(settings)
-    node = None
-    try:
-        component = build_component(kind, settings, queues, dbs)
-        if observe is not None:
-            observe(kind, component)
-        _settle_heap()
-        install_stop_signals(component.stop, kind, sigint, grace)
-        # the scheduler's stats are read on its own loop, in _run_scheduler
-        node = start_node(kind, settings, None if kind == "scheduler" else component)
-        if kind == "scheduler":
-            asyncio.run(_run_scheduler(component, control, node))
-        elif kind == "fetcher":
-            asyncio.run(component.run(burst=burst))
-        else:
-            component.run(burst=burst)
-    finally:
-        if node is not None:
-            node.stop()
-        if dbs is not None:
-            dbs.close()
+    with starting(kind, sigint):
+        if kind not in COMPONENTS:
+            raise ConfigError(f"unknown component {kind!r}; known: {', '.join(COMPONENTS)}")
+        dbs = node = lock = None
+        try:
+            if kind == "scheduler":     # one per cluster: a second one is refused with a ConfigError
+                lock = scheduler_lock(settings, queues)
+            dbs = None if kind == "fetcher" else open_databases(settings)
+            component = build_component(kind, settings, queues, dbs)
+            if lock is not None:
+                lock.when_lost(component.stop)
+            if observe is not None:
+                observe(kind, component)
+            _settle_heap()
+            install_stop_signals(component.stop, kind, sigint, stop_grace(settings))
+            # the scheduler's stats are read on its own loop, in _run_scheduler
+            node = start_node(kind, settings, None if kind == "scheduler" else component)
+            if kind == "scheduler":
+                asyncio.run(_run_scheduler(component, control, node))
+                if lock.lost:
+                    raise ConfigError(f"this scheduler stopped: another one took its lock on {lock.where}")
+            elif kind == "fetcher":
+                asyncio.run(component.run(burst=burst))
+            else:
+                component.run(burst=burst)
+        finally:
+            if node is not None:
+                node.stop()
+            if dbs is not None:
+                dbs.close()
+            if lock is not None:
+                lock.release()
 
 
 async def _run_scheduler(scheduler: Any, control: bool, node: Any = None) -> None:

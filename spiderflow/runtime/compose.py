@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import ConfigError
-from ..queues import BaseQueue, connect_queues
+from ..queues import BaseQueue, SchedulerLock, acquire_scheduler_lock, connect_queues
 from ..settings import Settings
 from ..storage import Databases, connect_nodedb, open_databases
 
 __all__ = ["COMPONENTS", "LOCAL_QUEUES", "Databases", "open_databases", "open_queues", "queue_scheme",
            "build_scheduler", "build_fetcher", "build_processor", "build_result_worker", "build_component",
-           "start_node", "node_lister", "control_client", "check_port_free"]
+           "start_node", "node_lister", "control_client", "check_port_free", "scheduler_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,21 @@ LOCAL_QUEUES = ("memory", "multiprocessing")
 
 
 def open_queues(settings: Settings, default: str = "memory://") -> dict[str, BaseQueue]:
-    """The five pipeline queues on ``settings.queue`` (or *default*), bounded by ``settings.queue_bounds()``."""
-    return connect_queues(settings.queue or default, settings.queue_bounds())
+    """The five pipeline queues on ``settings.queue`` (or *default*), bounded by ``settings.queue_bounds()``
+    and named with ``settings.queue_prefix``."""
+    return connect_queues(settings.queue or default, settings.queue_bounds(), prefix=settings.queue_prefix)
+
+
+def scheduler_lock(settings: Settings, queues: dict[str, BaseQueue] | None = None,
+                   default: str = "memory://") -> SchedulerLock:
+    """The lock of the one scheduler of the cluster on ``settings.queue`` (or *default*):
+    ConfigError, naming the running scheduler, if another holds it; ``release()`` it on exit.
+
+    The prefix is the one *queues* were opened with, so that the lock always guards the
+    queues this scheduler uses (else ``settings.queue_prefix``).
+    """
+    prefix = getattr((queues or {}).get("newtask_queue"), "prefix", None) or settings.queue_prefix
+    return acquire_scheduler_lock(settings.queue or default, prefix, settings.data_dir)
 
 
 def queue_scheme(settings: Settings, default: str) -> str:

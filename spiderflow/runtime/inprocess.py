@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from ..exceptions import QueueClosed
 from ..message import ProjectStatus, ResultPack, Task, validate_project_name
 from ..settings import Settings
 from ..storage import Databases, connect_projectdb, connect_resultdb, connect_taskdb
@@ -26,7 +27,12 @@ logger = logging.getLogger(__name__)
 def run_one(settings: Settings, script_path: str, *, name: str | None = None, urls: Iterable[str] = (),
             callback: str = "index_page", out: TextIO | None = None, interactive: bool = False,
             resultdb_given: bool = False, rate: float | None = None, burst: float | None = None) -> int:
-    """``spiderflow one``: run one project in this process until its crawl is done."""
+    """``spiderflow one``: run one project in this process until its crawl is done.
+
+    When the results' stream closes (``spiderflow one SCRIPT | head``), it stops at once and
+    returns 0, as the reader has what it wanted; the tasks whose results were not written
+    stay ACTIVE.
+    """
     name, script = read_script(script_path, name)
     check_script(name, script)
     dbs = Databases(
@@ -34,24 +40,28 @@ def run_one(settings: Settings, script_path: str, *, name: str | None = None, ur
         taskdb=connect_taskdb(settings.taskdb or "sqlite://"),
         resultdb=connect_resultdb(settings.resultdb) if resultdb_given else None,
     )
-    store_project(dbs.projectdb, name, script, ProjectStatus.DEBUG, settings, rate, burst)
-    one, results = _one_scheduler(settings, dbs, name, out)
-    urls = list(urls)
-    if urls:
-        for url in urls:
-            one.newtask(start_task(name, url, callback))
-    else:
-        one.run_project(name)
-    # a node only when its registry is shared (a projectdb URL): never a ./data for in-memory runs
-    node = start_node("one", settings, one) if settings.projectdb else None
+    node = None
     try:
+        store_project(dbs.projectdb, name, script, ProjectStatus.DEBUG, settings, rate, burst)
+        one, results = _one_scheduler(settings, dbs, name, out)
+        urls = list(urls)
+        if urls:
+            for url in urls:
+                one.newtask(start_task(name, url, callback))
+        else:
+            one.run_project(name)
+        # a node only when its registry is shared (a projectdb URL): never a ./data for in-memory runs
+        node = start_node("one", settings, one) if settings.projectdb else None
         install_stop_signals(one.stop, "one")
         asyncio.run(_run_one(one, interactive, name, callback))
     finally:
         if node is not None:
             node.stop()
         dbs.close()
-    logger.info("one: done, %d results", results())
+    if one.sink_closed:
+        logger.info("one: the output was closed after %d results; stopped", results())
+    else:
+        logger.info("one: done, %d results", results())
     return 0
 
 
@@ -74,10 +84,15 @@ def _one_scheduler(settings: Settings, dbs: Databases, name: str, out: TextIO | 
             dbs.resultdb.upsert(pack)
             stored["n"] += 1
     else:
-        writer = JsonLinesResultWorker(stream=out or sys.stdout)
+        stream = out or sys.stdout
+        writer = JsonLinesResultWorker(stream=stream)
 
         def sink(pack: ResultPack) -> None:
-            writer.on_results([pack])
+            try:
+                writer.on_results([pack])
+            except (BrokenPipeError, QueueClosed) as exc:   # the reader is gone (| head): the crawl ends here
+                _discard_output(stream)
+                raise QueueClosed("the output was closed") from exc
             stored["n"] += 1
 
     # counters are kept only where task state is kept
@@ -90,10 +105,24 @@ def _one_scheduler(settings: Settings, dbs: Databases, name: str, out: TextIO | 
     return one, lambda: stored["n"]
 
 
+def _discard_output(stream: TextIO) -> None:
+    """Point *stream*'s file descriptor at /dev/null: what its buffer still holds, and any
+    later write, then goes nowhere instead of failing again (at exit, as a traceback)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):   # not a file (a StringIO): nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 async def _run_one(one: Any, interactive: bool, name: str, callback: str) -> None:
     try:
         await one.run(burst=True)
-        if interactive:
+        if interactive and not one.sink_closed:
             await _interactive(one, name, callback)
     finally:
         one.fetcher_component.close()

@@ -1,4 +1,12 @@
-"""Signals of a component process: warm stop, cold stop, a stack dump, and dying with the parent."""
+"""Signals of a component process: a stop during start-up, warm stop, cold stop, a stack dump,
+and dying with the parent.
+
+A process is *starting* from the first line of its entry (:func:`starting`) until
+:func:`install_stop_signals`: a SIGTERM or SIGINT then raises :class:`StartupInterrupted`
+wherever start-up is (an import, a connect), the ``finally`` clauses on the way out close
+what was opened, and the process logs ``<kind>: SIGTERM received during start-up; exiting``
+and exits with status 0, as after a warm stop.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..nodes import dump_threads
@@ -20,6 +28,73 @@ logger = logging.getLogger(__name__)
 
 #: a second stop signal within this many seconds of the first counts as the same one
 SAME_SIGNAL_WINDOW = 1.0
+
+
+class StartupInterrupted(BaseException):
+    """A stop signal arrived during start-up (a BaseException: ``except Exception`` lets it through)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+#: the start-up guard: the process's name for the log, when the first signal came, the handlers it replaced
+_startup: dict[str, Any] = {"name": "spiderflow", "at": None, "saved": None}
+
+
+def _interrupt_startup(signum: int, _frame: Any) -> None:
+    if _startup["at"] is not None:     # already on the way out
+        if time.monotonic() - _startup["at"] < SAME_SIGNAL_WINDOW:
+            return                     # the same event, delivered twice (process group, `all`)
+        logger.warning("%s: %s received again during start-up; stopping at once",
+                       _startup["name"], signal.Signals(signum).name)
+        logging.shutdown()
+        os._exit(1)
+    _startup["at"] = time.monotonic()
+    raise StartupInterrupted(signum)
+
+
+def guard_startup(name: str, sigint: bool = True) -> None:
+    """Until :func:`install_stop_signals`: SIGTERM (and SIGINT unless *sigint* is False, which
+    then ignores it) raises :class:`StartupInterrupted`. Again later: only renames the process.
+    Outside the main thread (where handlers cannot be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _startup["name"] = name
+    if signal.getsignal(signal.SIGTERM) is not _interrupt_startup:
+        if _startup["saved"] is None:
+            _startup["saved"] = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+        _startup["at"] = None
+        signal.signal(signal.SIGTERM, _interrupt_startup)
+    signal.signal(signal.SIGINT, _interrupt_startup if sigint else signal.SIG_IGN)
+
+
+def release_startup() -> None:
+    """Put back the handlers :func:`guard_startup` replaced (a command that never stops warmly)."""
+    saved, _startup["saved"] = _startup["saved"], None
+    if saved is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
+
+
+@contextlib.contextmanager
+def starting(name: str, sigint: bool = True) -> Iterator[None]:
+    """``with starting(kind):`` around a process's entry: a stop signal before
+    :func:`install_stop_signals` ends it cleanly (see the module docstring)."""
+    outermost = _startup["saved"] is None
+    guard_startup(name, sigint)
+    try:
+        yield
+    except StartupInterrupted as exc:
+        logger.info("%s: %s received during start-up; exiting", _startup["name"], exc.signal_name)
+        raise SystemExit(0) from None
+    finally:
+        if outermost:
+            release_startup()
 
 
 def install_stop_signals(stop: Callable[[], None], name: str, sigint: bool = True,

@@ -17,9 +17,9 @@ from ..queues import BaseQueue, connect_queues
 from ..settings import Settings
 from ..storage import connect_taskdb, open_databases
 from .component import run_component, run_webui
-from .compose import check_port_free, queue_scheme
+from .compose import check_port_free, queue_scheme, scheduler_lock
 from .scripts import check_script, store_project
-from .signals import die_with_parent, install_stop_signals
+from .signals import die_with_parent, install_stop_signals, starting
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
         from ..webui import check_webui_settings
         check_webui_settings(settings)
         check_port_free(settings.webui_host, settings.webui_port, "web UI", "--webui-port")
+    # a second `all` on this data directory (or cluster) fails here, naming the first, instead
+    # of running without a scheduler after its scheduler child is refused
+    scheduler_lock(settings).release()
     dbs = open_databases(settings)
     try:
         for name, script in scripts:
@@ -53,25 +56,25 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
     finally:
         dbs.close()
     kwargs = {"context": ctx} if queue_scheme(settings, queue_url) == "multiprocessing" else {}
-    queues = connect_queues(queue_url, settings.queue_bounds(), **kwargs)
+    queues = connect_queues(queue_url, settings.queue_bounds(), prefix=settings.queue_prefix, **kwargs)
     plan = [("scheduler", 1), ("fetcher", settings.fetcher_num), ("processor", settings.processor_num),
             ("result-worker", settings.result_worker_num)] + ([("webui", 1)] if webui else [])
     supervisor = Supervisor(ctx, settings, queues)
-    for kind, count in plan:
-        for index in range(max(1, count)):
-            supervisor.start(kind, index)
-    from ..message import special_task
-    for name, _script in scripts:
-        queues["newtask_queue"].put(special_task(name, "on_start", priority=9), timeout=30)
-        logger.info("all: project %s started", name)
-    if webui and settings.webui_port:
-        from ..webui import webui_url
-        logger.info("all: web UI on %s", webui_url(settings.webui_host, settings.webui_port))
-    stop = threading.Event()
-    install_stop_signals(stop.set, "all")
-    names = [name for name, _ in scripts]
-    quiet_since: float | None = None
-    try:
+    try:   # from the first child on: a stop during start-up stops the children started so far
+        for kind, count in plan:
+            for index in range(max(1, count)):
+                supervisor.start(kind, index)
+        from ..message import special_task
+        for name, _script in scripts:
+            queues["newtask_queue"].put(special_task(name, "on_start", priority=9), timeout=30)
+            logger.info("all: project %s started", name)
+        if webui and settings.webui_port:
+            from ..webui import webui_url
+            logger.info("all: web UI on %s", webui_url(settings.webui_host, settings.webui_port))
+        stop = threading.Event()
+        install_stop_signals(stop.set, "all")   # after the forks: a child must not inherit it
+        names = [name for name, _ in scripts]
+        quiet_since: float | None = None
         while not stop.wait(check_interval):
             supervisor.check()
             if exit_when_done and names:
@@ -160,16 +163,17 @@ class Supervisor:
 
 
 def child_main(kind: str, settings: Settings, queues: dict[str, BaseQueue]) -> None:
-    die_with_parent()
-    try:
-        if kind == "webui":
-            run_webui(settings, queues)
-        else:
-            run_component(kind, settings, queues, sigint=False)
-    except Exception:
-        logger.exception("%s failed", kind)
-        raise SystemExit(1) from None
-    finally:
-        for q in queues.values():
-            with contextlib.suppress(Exception):
-                q.close()
+    with starting(kind, sigint=False):    # first: a SIGTERM from now on is logged as this kind's
+        die_with_parent()
+        try:
+            if kind == "webui":
+                run_webui(settings, queues)
+            else:
+                run_component(kind, settings, queues, sigint=False)
+        except Exception:
+            logger.exception("%s failed", kind)
+            raise SystemExit(1) from None
+        finally:
+            for q in queues.values():
+                with contextlib.suppress(Exception):
+                    q.close()

@@ -11,7 +11,10 @@ Injected components:
 * ``fetcher``: an object with ``fetch(task) -> FetchResult`` (or ``async def fetch``).
 * ``process``: ``process(task, fetch_result) -> (StatusPack, list[Task], list[ResultPack])``.
 * ``result_sink``: a callable taking a ResultPack, or an object with ``put(result)``;
-  by default results are upserted into resultdb.
+  by default results are upserted into resultdb. A sink that raises QueueClosed (``spiderflow
+  one``'s stdout, once the reader is gone) ends the run: the tasks of the pass whose results
+  were all delivered are finished as usual, the others are handed back (they stay ACTIVE),
+  and :attr:`OneScheduler.sink_closed` says why it stopped.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ..exceptions import QueueClosed
 from ..message import FetchResult, ResultPack, StatusPack, Task, Track
 from ..queues.memory import MemoryQueue
 from ..settings import Settings
+from .operations import EPHEMERAL
 from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class OneScheduler(Scheduler):
         self._emit = result_sink if callable(result_sink) else result_sink.put
         self._outbox: list[Task] = []
         self.results = 0
+        self.sink_closed = False
 
     def _wants_project(self, name: str) -> bool:
         return self.project is None or name == self.project
@@ -71,11 +77,15 @@ class OneScheduler(Scheduler):
                 now = self._clock()
                 statuses: list[StatusPack] = []
                 follows: list[Task] = []
-                for task, result in zip(batch, fetched):
+                for i, (task, result) in enumerate(zip(batch, fetched)):
                     status, new_tasks, results = self._process(task, result)
-                    for item in results:
-                        self._emit(item)
-                        self.results += 1
+                    try:
+                        for item in results:
+                            self._emit(item)
+                            self.results += 1
+                    except QueueClosed as exc:
+                        self._on_sink_closed(batch[i:], exc, now)
+                        break
                     follows.extend(new_tasks)
                     statuses.append(status)
                 # the whole pass's follows are checked in one go (one taskdb lookup and insert),
@@ -86,6 +96,24 @@ class OneScheduler(Scheduler):
                 self._flush()
             self._work += len(batch)
         return len(batch)
+
+    def _on_sink_closed(self, rest: list[Task], exc: QueueClosed, now: float) -> None:
+        """Stop: nothing more can be delivered. *rest* (from the task whose results did not all
+        go out) goes back to its queue, not done, as if it had never been sent."""
+        logger.info("one scheduler: the result sink is closed (%s); stopping, %d tasks of this pass not done",
+                    exc, len(rest))
+        self.sink_closed = True
+        for task in rest:
+            p = self.projects.get(task.project)
+            if p is None:
+                continue
+            if task.taskid in EPHEMERAL:
+                p.specials.appendleft(task)
+            else:
+                held = p.queue.done(task.taskid)
+                if held is not None:
+                    self.window.requeue(p, held, now)
+        self.stop()
 
     kind = "one scheduler"
 
