@@ -5,11 +5,10 @@
   bounded wait. The ``procs`` fixture stops every process it started, also when the test
   fails, and a failed test's report gets the tail of every process's log.
 * :class:`Backend` is a queue URL plus a database URL on the local services: redis gets a
-  key prefix of its own in DB 15 (deleted afterwards). amqp:// queue names cannot carry a
-  prefix (AmqpQueue declares the five pipeline queues under their plain names), so an amqp
-  backend gets a vhost of its own from ``rabbitmqctl`` (deleted afterwards) where that works;
-  elsewhere it uses the URL's vhost and deletes the five queues before and after, and must
-  not run while another crawl uses that vhost.
+  key prefix of its own in DB 15 (deleted afterwards). An amqp backend gets a vhost of its
+  own from ``rabbitmqctl`` (deleted afterwards) where that works; elsewhere it uses the URL's
+  vhost with the default queue prefix and deletes the five ``spiderflow.<queue>`` queues
+  before and after, and must not run while another crawl uses that vhost and prefix.
 * :class:`Cluster` runs ``spiderflow scheduler|fetcher|processor|result-worker`` as separate
   processes on one Backend, stores a project with ``spiderflow project add`` and starts it
   with ``spiderflow project run``; it reads resultdb and taskdb to see how far the crawl got.
@@ -248,7 +247,7 @@ class Backend:
             try:
                 ch = conn.channel()
                 for name in QUEUE_NAMES:
-                    ch.queue_delete(name)
+                    ch.queue_delete(f"spiderflow.{name}")   # the default queue_prefix
             finally:
                 conn.close()
 
