@@ -166,8 +166,8 @@ def test_status_updates_and_new_tasks_are_one_transaction(h, monkeypatch):
     assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3"]
 
 
-def test_follows_in_a_status_message_are_stored_before_its_status(h, monkeypatch):
-    """A processor sends ``(StatusPack, Task, ...)``: the task is SUCCESS only once its follows are stored."""
+def _page_done_with_follows(h) -> Task:
+    """Dispatch one task; answer it as a processor does: ``(StatusPack, Task, Task)``, two links."""
     h.add_project()
     h.start("p")
     h.new("http://a/1")
@@ -176,6 +176,12 @@ def test_follows_in_a_status_message_are_stored_before_its_status(h, monkeypatch
     track = Track(fetch={"ok": True, "status_code": 200}, process={"ok": True})
     pack = StatusPack(taskid=task.taskid, project="p", url=task.url, track=track)
     h.status_queue.put((pack, Task.create("p", "http://a/2"), Task.create("p", "http://a/3")))
+    return task
+
+
+def test_follows_in_a_status_message_are_stored_before_its_status(h, monkeypatch):
+    """A processor sends ``(StatusPack, Task, ...)``: the task is SUCCESS only once its follows are stored."""
+    task = _page_done_with_follows(h)
     calls = _record_writes(h, monkeypatch)
     h.run()
     assert calls == [(2, 0), (0, 1)]          # the follows' insert, then the status update
@@ -209,14 +215,7 @@ def _outage(h, monkeypatch, passes: int) -> dict[str, int]:
 
 
 def test_a_database_outage_is_waited_out_and_loses_nothing(h, monkeypatch, caplog):
-    h.add_project()
-    h.start("p")
-    h.new("http://a/1")
-    h.run()
-    (task,) = h.sent_normal()
-    track = Track(fetch={"ok": True, "status_code": 200}, process={"ok": True})
-    pack = StatusPack(taskid=task.taskid, project="p", url=task.url, track=track)
-    h.status_queue.put((pack, Task.create("p", "http://a/2"), Task.create("p", "http://a/3")))
+    task = _page_done_with_follows(h)
     h.new("http://a/4")
     state = _outage(h, monkeypatch, passes=3)
     with caplog.at_level(logging.WARNING):
