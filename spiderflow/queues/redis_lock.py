@@ -82,9 +82,11 @@ class RedisSchedulerLock(SchedulerLock):
     def _acquire(self, wait: float) -> None:
         deadline = time.monotonic() + wait
         last_ttl = None
+        last_at = 0.0
         while not self._client.set(self.key, self.value, nx=True, px=self.ttl_ms):
             with self._client.pipeline(transaction=False) as pipe:
                 holder, ttl = pipe.get(self.key).pttl(self.key).execute()
+            now = time.monotonic()
             if holder is None:      # it expired (or was released) meanwhile
                 continue
             who = describe_holder(holder)
@@ -98,11 +100,13 @@ class RedisSchedulerLock(SchedulerLock):
             if last_ttl is None:
                 logger.warning("waiting for the scheduler lock held by %s (%s): it expires in %.1f s unless renewed",
                                who, self.where, ttl / 1000)
-            elif ttl > last_ttl + 100:
-                raise refused(self.where, who)      # renewed while we looked: its holder lives
+            elif ttl > last_ttl - (now - last_at) * 1000 + 100:
+                # more left than the last reading minus the time since: renewed, its holder lives
+                # (comparing readings alone misses renewals that fall in step with the polls)
+                raise refused(self.where, who)
             if time.monotonic() >= deadline:
                 raise refused(self.where, who)
-            last_ttl = ttl
+            last_ttl, last_at = ttl, now
             time.sleep(_LOCK_POLL)
         logger.info("scheduler lock taken: %s", self.where)
 
