@@ -20,8 +20,8 @@ import time
 from ..message import special_task
 from ..queues import BaseQueue, connect_queues
 from ..runtime.component import run_component
-from ..runtime.signals import die_with_parent, install_stop_signals
-from ..runtime.supervisor import Supervisor
+from ..runtime.signals import install_stop_signals
+from ..runtime.supervisor import Supervisor, child_process
 from ..settings import Settings
 from .nullfetch import NullFetcher
 from .probe import Probe, cpu_seconds, peak_rss_mb
@@ -34,8 +34,7 @@ STOP_TIMEOUT = 15.0
 def component_main(kind: str, settings: Settings, queues: dict[str, BaseQueue], *, probe: Probe,
                    null_fetcher: bool) -> None:
     """A component process of the bench (compare :func:`spiderflow.runtime.supervisor.child_main`)."""
-    die_with_parent()
-    try:
+    with child_process(f"bench: {kind}", queues):
         if kind == "fetcher" and null_fetcher:
             fetcher = NullFetcher(queues["scheduler2fetcher"], queues["fetcher2processor"], settings)
             probe.watch(kind, fetcher)
@@ -43,13 +42,6 @@ def component_main(kind: str, settings: Settings, queues: dict[str, BaseQueue], 
             asyncio.run(fetcher.run())
         else:
             run_component(kind, settings, queues, control=False, sigint=False, observe=probe.watch)
-    except Exception:
-        logger.exception("bench: %s failed", kind)
-        raise SystemExit(1) from None
-    finally:
-        for q in queues.values():
-            with contextlib.suppress(Exception):
-                q.close()
 
 
 class Processes:

@@ -58,3 +58,12 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, (SpiderflowError, TimeoutError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def read_database(role: str, url: str, read: Callable[[], T], timeout: float) -> T:
+    """*read* a database that must already exist (ConfigError if its SQLite file does not),
+    bounded by *timeout* (see :func:`bounded`)."""
+    path = missing_sqlite_file(url)
+    if path:
+        raise no_database(role, url, path)
+    return bounded(read, timeout, f"{role} {redact_url(url)}")

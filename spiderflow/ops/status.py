@@ -23,7 +23,7 @@ from ..runtime.compose import LOCAL_QUEUES, control_client, open_queues, queue_s
 from ..settings import Settings
 from ..storage import connect_nodedb, connect_projectdb, connect_taskdb
 from .capacity import describe, read_capacity
-from .common import bounded, error_text, missing_sqlite_file, no_database
+from .common import bounded, error_text, read_database
 
 __all__ = ["format_remote", "queue_sizes", "remote_status", "shared_queue"]
 
@@ -55,10 +55,6 @@ def remote_status(settings: Settings, timeout: float = 10.0) -> dict[str, Any]:
 def _from_projectdb(settings: Settings, report: dict[str, Any], timeout: float) -> dict[str, dict[str, Any]]:
     url = settings.db_url("projectdb")
     try:
-        path = missing_sqlite_file(url)
-        if path:
-            raise no_database("projectdb", url, path)
-
         def read() -> tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]:
             db = connect_projectdb(url)
             try:
@@ -73,7 +69,7 @@ def _from_projectdb(settings: Settings, report: dict[str, Any], timeout: float) 
                 nodedb.close()
             return rows, capacity, nodes
 
-        rows, capacity, nodes = bounded(read, timeout, f"projectdb {redact_url(url)}")
+        rows, capacity, nodes = read_database("projectdb", url, read, timeout)
     except Exception as exc:  # each part on its own: report it, go on
         report["errors"].append(f"projectdb: {error_text(exc)}")
         return {}
@@ -105,10 +101,6 @@ def _from_scheduler(settings: Settings, report: dict[str, Any]) -> dict[str, dic
 def _from_taskdb(settings: Settings, report: dict[str, Any], timeout: float) -> dict[str, dict[str, Any]]:
     url = settings.db_url("taskdb")
     try:
-        path = missing_sqlite_file(url)
-        if path:
-            raise no_database("taskdb", url, path)
-
         def read() -> dict[str, dict[TaskStatus, int]]:
             db = connect_taskdb(url)
             try:
@@ -116,7 +108,7 @@ def _from_taskdb(settings: Settings, report: dict[str, Any], timeout: float) -> 
             finally:
                 db.close()
 
-        counts = bounded(read, timeout, f"taskdb {redact_url(url)}")
+        counts = read_database("taskdb", url, read, timeout)
     except Exception as exc:  # each part on its own: report it, go on
         report["errors"].append(f"taskdb: {error_text(exc)}")
         return {}

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..message import ProjectStatus, TaskStatus
@@ -162,18 +162,26 @@ class Supervisor:
         logger.info("all: every component stopped")
 
 
+@contextlib.contextmanager
+def child_process(what: str, queues: dict[str, BaseQueue]) -> Iterator[None]:
+    """The body of a forked component process: it dies with its parent, a failure is logged
+    (as *what*) and exits 1, and its copies of the queues are closed whatever happens."""
+    die_with_parent()
+    try:
+        yield
+    except Exception:
+        logger.exception("%s failed", what)
+        raise SystemExit(1) from None
+    finally:
+        for q in queues.values():
+            with contextlib.suppress(Exception):
+                q.close()
+
+
 def child_main(kind: str, settings: Settings, queues: dict[str, BaseQueue]) -> None:
-    with starting(kind, sigint=False):    # first: a SIGTERM from now on is logged as this kind's
-        die_with_parent()
-        try:
-            if kind == "webui":
-                run_webui(settings, queues)
-            else:
-                run_component(kind, settings, queues, sigint=False)
-        except Exception:
-            logger.exception("%s failed", kind)
-            raise SystemExit(1) from None
-        finally:
-            for q in queues.values():
-                with contextlib.suppress(Exception):
-                    q.close()
+    # starting() first: a SIGTERM from now on is logged as this kind's
+    with starting(kind, sigint=False), child_process(kind, queues):
+        if kind == "webui":
+            run_webui(settings, queues)
+        else:
+            run_component(kind, settings, queues, sigint=False)
