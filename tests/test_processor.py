@@ -610,3 +610,66 @@ def test_run_stops_warm(projectdb, clock):
     processor.stop()
     thread.join(5)
     assert not thread.is_alive()
+
+
+
+POISON = '''
+from spiderflow import *
+
+
+class Handler(BaseHandler):
+    def page(self, response):
+        print("value", response.json["v"])
+        self.crawl("http://example.com/after", callback=self.page)
+        return response.json
+'''
+
+
+@pytest.fixture
+def pipeline(projectdb, clock):
+    """A processor between real multiprocessing queues (they pack every message, as all backends but memory://)."""
+    projectdb.insert("poison", script=POISON, status="RUNNING")
+    queues = [connect_queue("multiprocessing://", name, 10)
+              for name in ("fetcher2processor", "status_queue", "processor2result")]
+    yield Processor(queues[0], queues[1], None, queues[2], projectdb, Settings(), clock), *queues
+    for q in queues:
+        q.close()
+
+
+def test_a_lone_surrogate_fails_the_result_not_the_page(pipeline):
+    """``"\\ud800"`` from response.json: that result is dropped with a clear error (the task fails,
+    so it is retried and then FAILED), the printed line is kept, the follow-up request goes on."""
+    processor, inqueue, status, results = pipeline
+    task = task_for("poison", "http://example.com/", "page")
+    inqueue.put((task, page(task.url, content=b'{"v": "\\ud800"}')))
+    processor.run(burst=True)
+    failed, follow = status.get(timeout=5)
+    assert failed.taskid == task.taskid and failed.track.process["ok"] is False
+    assert "ResultError: result 0 of the callback holds text that is not valid Unicode" in failed.track.process["exception"]
+    assert "value ?" in failed.track.process["logs"]
+    assert follow.url == "http://example.com/after" and results.qsize() == 0
+
+
+def test_an_unsendable_output_fails_its_task_instead_of_stalling_it(pipeline):
+    """An int beyond 64 bits is JSON but cannot be packed: the status goes on alone with the
+    reason, rather than nothing at all (the task would stay ACTIVE, re-sent every lease)."""
+    processor, inqueue, status, results = pipeline
+    task = task_for("poison", "http://example.com/", "page")
+    inqueue.put((task, page(task.url, content=b'{"v": 18446744073709551616}')))
+    fine = task_for("sample", "http://example.com/p1", "detail_page")
+    inqueue.put((fine, page(fine.url, content=b"<title>P1</title>")))
+    processor.run(burst=True)
+
+    failed = status.get(timeout=5)   # the status alone: no results, no follows
+    assert failed.taskid == task.taskid and failed.track.process["ok"] is False
+    assert failed.track.process["exception"].startswith("SerializationError: the callback's output cannot be sent")
+    assert "1 result(s) and 1 follow-up request(s) were dropped" in failed.track.process["exception"]
+    assert failed.track.process["follows"] == 0 and failed.track.process["results"] == 0
+    assert "value 18446744073709551616" in failed.track.process["logs"]
+    assert status.qsize() == 0 and processor.failed == 1 and processor.processed == 2
+    good = results.get(timeout=5)    # the next page goes through as usual
+    assert good[0].taskid == fine.taskid and good[1].result == {"url": fine.url, "title": "P1"}
+
+    in_process = processor.process_checked(task, page(task.url, content=b'{"v": 18446744073709551616}'))
+    assert in_process.results == [] and in_process.new_tasks == []
+    assert in_process.exception.startswith("SerializationError")

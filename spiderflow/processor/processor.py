@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import QueueClosed, QueueEmpty, QueueError, SerializationError, StorageUnavailable
-from ..message import FetchResult, ResultPack, StatusPack, Task, Track
+from ..message import FetchResult, ResultPack, StatusPack, Task, Track, pack
 from ..settings import Settings
 from ..storage import Outage
 from .project import Project, ProjectManager, TaskRun
@@ -139,6 +139,11 @@ class Processor:
         for index, value in enumerate(values):
             try:
                 text = _STRICT_JSON.encode(value)
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                errors.append(f"result {index} of the callback holds text that is not valid Unicode and was "
+                              f"dropped: {exc} (a lone surrogate such as \\ud800, e.g. from response.json)")
+                continue
             except (TypeError, ValueError, RecursionError) as exc:
                 errors.append(f"result {index} of the callback is not JSON data and was dropped: {exc}")
                 continue
@@ -170,10 +175,14 @@ class Processor:
     def _process_track(self, run: TaskRun, exception: str | None, follows: int, results: int,
                        summary: str | None, elapsed: float) -> dict[str, Any]:
         tail = self.settings.log_tail
-        logs = run.logs[-tail:] if tail > 0 else []
+        logs = "\n".join(run.logs[-tail:]) if tail > 0 else ""
+        try:
+            logs.encode("utf-8")
+        except UnicodeEncodeError:   # a printed lone surrogate: the log line is kept, the character is not
+            logs = _scrub(logs)
         track: dict[str, Any] = {
             "ok": exception is None, "time": elapsed, "follows": follows, "results": results,
-            "logs": "\n".join(logs), "exception": exception, "result": summary,
+            "logs": logs, "exception": exception, "result": summary,
         }
         if run.save:
             track["save"] = _plain(run.save)
@@ -186,8 +195,29 @@ class Processor:
         self.dispatch(outcome)
         return outcome
 
+    def process_checked(self, task: Task | dict, fetch_result: FetchResult | dict) -> ProcessOutcome:
+        """:meth:`process`, and an outcome that cannot be serialized fails its task (in-process runs,
+        whose outcome is stored without travelling on a queue; :meth:`dispatch` checks the others)."""
+        outcome = self.process(task, fetch_result)
+        try:
+            pack((outcome.status_pack, *outcome.results, *outcome.new_tasks))
+        except SerializationError as exc:
+            return self._unsendable(outcome, exc)
+        return outcome
+
     def dispatch(self, outcome: ProcessOutcome) -> None:
-        """Put an outcome on the queues as one message (see the module docstring)."""
+        """Put an outcome on the queues as one message (see the module docstring).
+
+        An outcome that cannot be serialized (a lone surrogate such as ``"\\ud800"`` from
+        ``response.json``, an int beyond 64 bits) fails its task instead: the task's status
+        goes on alone with the error, so it is retried and then FAILED, never left ACTIVE.
+        """
+        try:
+            self._put(outcome)
+        except SerializationError as exc:
+            self._put(self._unsendable(outcome, exc))
+
+    def _put(self, outcome: ProcessOutcome) -> None:
         pack = outcome.status_pack
         if outcome.results and self.result_queue is not None:
             self.result_queue.put((pack, *outcome.results, *outcome.new_tasks))
@@ -195,6 +225,26 @@ class Processor:
             self.status_queue.put((pack, *outcome.new_tasks) if outcome.new_tasks else pack)
         elif outcome.new_tasks and self.newtask_queue is not None:
             self.newtask_queue.put_many(outcome.new_tasks)   # no status queue: the follows alone
+
+    def _unsendable(self, outcome: ProcessOutcome, exc: SerializationError) -> ProcessOutcome:
+        """The outcome of a task whose output cannot be sent: failed, with the reason, and nothing else."""
+        status = outcome.status_pack
+        cause = exc.__cause__ or exc
+        error = (f"SerializationError: the callback's output cannot be sent ({type(cause).__name__}: "
+                 f"{_scrub(str(cause))}); its {len(outcome.results)} result(s) and {len(outcome.new_tasks)} "
+                 "follow-up request(s) were dropped. Check the values it returns for text that is not "
+                 "valid Unicode (lone surrogates such as \\ud800) or integers beyond 64 bits.")
+        logger.error("process %s:%s %s failed: %s", status.project, status.taskid, _scrub(status.url), error)
+        if outcome.exception is None:
+            self.failed += 1
+        process = dict(status.track.process)
+        process.pop("save", None)
+        process.update(ok=False, follows=0, results=0, result=None, exception=error,
+                       logs=_scrub(process.get("logs") or ""))
+        track = Track(fetch=_scrubbed(status.track.fetch), process=_scrubbed(process))
+        pack = StatusPack(taskid=status.taskid, project=status.project, url=status.url, track=track,
+                          schedule=status.schedule)
+        return ProcessOutcome(pack, [], [], outcome.logs, error)
 
     def run(self, burst: bool = False) -> None:
         """Process until stop() (warm: the task in hand is finished), or until drained with *burst*."""
@@ -262,6 +312,24 @@ class Processor:
 def _summary(text: str) -> str:
     """*text* cut to :data:`RESULT_SUMMARY` characters."""
     return text if len(text) <= RESULT_SUMMARY else text[:RESULT_SUMMARY - 3] + "..."
+
+
+def _scrub(text: str) -> str:
+    """*text* with anything UTF-8 cannot encode (lone surrogates) replaced by ``?``."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _scrubbed(value: Any) -> Any:
+    """A copy of a track dict safe to send: strings scrubbed, values that are not plain dropped to repr."""
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, dict):
+        return {_scrub(str(k)): _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v) for v in value]
+    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value < 2**64):
+        return value
+    return _scrub(repr(value)[:1000])
 
 
 def _plain(value: Any) -> Any:

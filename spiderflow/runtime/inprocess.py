@@ -75,7 +75,7 @@ def _one_scheduler(settings: Settings, dbs: Databases, name: str, out: TextIO | 
     processor = Processor(projectdb=dbs.projectdb, settings=settings)
 
     def process(task: Task, result: Any):
-        outcome = processor.process(task, result)
+        outcome = processor.process_checked(task, result)
         return outcome.status_pack, outcome.new_tasks, outcome.results
 
     stored = {"n": 0}
@@ -174,7 +174,7 @@ def crawl(handler: Any, *, name: str | None = None, urls: Iterable[str] = (), ca
     fetcher = Fetcher(None, None, settings)
 
     def process(task: Task, result: Any):
-        outcome = processor.process(task, result)
+        outcome = processor.process_checked(task, result)
         return outcome.status_pack, outcome.new_tasks, outcome.results
 
     def sink(pack: ResultPack) -> None:
