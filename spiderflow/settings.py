@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -182,13 +183,17 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool):
             raise bad()
         if isinstance(value, (int, float)) and (origin is float or float(value).is_integer()):
-            return origin(value)
-        if isinstance(value, str):
+            number = origin(value)
+        elif isinstance(value, str):
             try:
-                return origin(value.strip())
+                number = origin(value.strip())
             except ValueError:
                 raise bad() from None
-        raise bad()
+        else:
+            raise bad()
+        if not math.isfinite(number):   # inf and nan parse as floats, and no setting can be either
+            raise bad(" (a finite number)")
+        return number
     if origin is str:
         if isinstance(value, str):
             return value
@@ -203,8 +208,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             value = list(value.items())
         try:
             pairs = tuple((int(k), float(v)) for k, v in value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad() from None
+        if not all(math.isfinite(delay) and delay >= 0 for _, delay in pairs):
+            raise bad(" (delays are finite numbers >= 0)")
         return pairs
     return value  # pragma: no cover - every field type is handled above
 

@@ -7,7 +7,7 @@ import click
 from ..runtime.scripts import read_script
 from ..runtime.supervisor import run_all
 from . import get_settings
-from .options import db_options, handles_errors, queue_options
+from .options import RATE, db_options, handles_errors, queue_options
 
 
 @click.command("all")
@@ -18,8 +18,8 @@ from .options import db_options, handles_errors, queue_options
 @click.option("--result-worker-num", type=int, default=None, help="Result worker processes [1].")
 @click.option("--exit-when-done", is_flag=True,
               help="Stop once every --project has no ACTIVE task left and the queues are empty.")
-@click.option("--rate", type=float, default=None, help="Rate of the --project scripts [their '# rate: N', else 1].")
-@click.option("--burst", type=float, default=None, help="Burst of the --project scripts [their '# burst: N', else 3].")
+@click.option("--rate", type=RATE, default=None, help="Rate of the --project scripts [their '# rate: N', else 1].")
+@click.option("--burst", type=RATE, default=None, help="Burst of the --project scripts [their '# burst: N', else 3].")
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches per fetcher [100].")
 @click.option("--scheduler-port", type=int, default=None, help="Scheduler control interface port [23333].")
 @click.option("--no-webui", is_flag=True, help="Do not start the web UI.")

@@ -16,7 +16,7 @@ from ..queues import connect_queues
 from ..runtime.component import run_component
 from ..runtime.compose import LOCAL_QUEUES
 from . import get_settings
-from .options import db_options, handles_errors, queue_options
+from .options import SECONDS, db_options, handles_errors, queue_options
 
 
 def _run(ctx: click.Context, kind: str, burst: bool, **overrides) -> None:
@@ -55,7 +55,7 @@ def scheduler(ctx: click.Context, **options) -> None:
 @queue_options
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches [100].")
 @click.option("--proxy", default=None, help="Default proxy, e.g. http://user:pass@host:3128 or socks5://host:1080.")
-@click.option("--timeout", type=float, default=None, help="Default fetch timeout in seconds [120].")
+@click.option("--timeout", type=SECONDS, default=None, help="Default fetch timeout in seconds [120].")
 @click.option("--projectdb", default=None, metavar="URL",
               help="projectdb URL: the fetcher registers there as a node [sqlite in the data directory].")
 @click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
@@ -69,7 +69,7 @@ def fetcher(ctx: click.Context, burst: bool, **options) -> None:
 @click.command("processor")
 @queue_options
 @db_options
-@click.option("--process-time-limit", type=float, default=None, help="Seconds a callback may run [30].")
+@click.option("--process-time-limit", type=SECONDS, default=None, help="Seconds a callback may run [30].")
 @click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
 @click.pass_context
 @handles_errors

@@ -6,7 +6,7 @@ import click
 
 from ..runtime.inprocess import run_one
 from . import get_settings
-from .options import handles_errors
+from .options import RATE, handles_errors
 
 
 @click.command("one")
@@ -18,8 +18,8 @@ from .options import handles_errors
 @click.option("-i", "--interactive", is_flag=True, help="When the crawl is done, open a prompt with crawl(url).")
 @click.option("--taskdb", default=None, metavar="URL", help="Keep task state here [in memory].")
 @click.option("--resultdb", default=None, metavar="URL", help="Store results here instead of printing them.")
-@click.option("--rate", type=float, default=None, help="Tasks per second [the script's '# rate: N' comment, else 1].")
-@click.option("--burst", type=float, default=None, help="Burst [the script's '# burst: N' comment, else 3].")
+@click.option("--rate", type=RATE, default=None, help="Tasks per second [the script's '# rate: N' comment, else 1].")
+@click.option("--burst", type=RATE, default=None, help="Burst [the script's '# burst: N' comment, else 3].")
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches [100].")
 @click.option("--proxy", default=None, help="Default proxy.")
 @click.pass_context

@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
 from ..exceptions import SpiderflowError
+
+
+class Number(click.ParamType):
+    """A finite float from *low* to *high*: click's float takes ``inf`` and ``nan``, which no
+    rate, burst or time may be."""
+
+    name = "number"
+
+    def __init__(self, low: float = 0.0, high: float = 1e6, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        above = number > self.low if self.low_open else number >= self.low
+        if not (math.isfinite(number) and above and number <= self.high):
+            self.fail(f"{value!r} is not a number {'above' if self.low_open else 'from'} {self.low:.15g}"
+                      f"{' and at most' if self.low_open else ' to'} {self.high:.15g}", param, ctx)
+        return number
+
+
+#: A project's rate (tasks per second) or burst.
+RATE = Number(0.0, 1e6)
+#: A time limit or timeout in seconds (above 0, at most a day).
+SECONDS = Number(0.0, 86400.0, low_open=True)
 
 
 def db_options(func: Callable) -> Callable:

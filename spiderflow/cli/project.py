@@ -11,7 +11,7 @@ from ..message import ProjectStatus, validate_project_name
 from ..runtime.scripts import ADDED, UNCHANGED, check_script, read_script, store_project
 from ..storage import connect_projectdb
 from . import get_settings
-from .options import handles_errors
+from .options import RATE, handles_errors
 
 STATUSES = [s.value for s in ProjectStatus]
 
@@ -48,10 +48,10 @@ def project() -> None:
 @click.option("--status", type=click.Choice(STATUSES), default=None,
               help="Status [TODO for a new project; a stored one keeps its status].")
 @click.option("--group", default=None, help="Group (\"delete\" with STOP drops the project after a day).")
-@click.option("--rate", type=float, default=None,
+@click.option("--rate", type=RATE, default=None,
               help="Tasks per second [the script's '# rate: N', else 1; a stored project keeps its rate "
                    "unless that line changed].")
-@click.option("--burst", type=float, default=None, help="Burst [the script's '# burst: N', else 3; as --rate].")
+@click.option("--burst", type=RATE, default=None, help="Burst [the script's '# burst: N', else 3; as --rate].")
 @projectdb_option
 @click.pass_context
 @handles_errors

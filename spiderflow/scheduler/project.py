@@ -62,6 +62,7 @@ class ProjectState:
         self._clock = clock
         self.bucket = TokenBucket(settings.default_rate, settings.default_burst, clock)
         self._bucket_set = False
+        self._bad_rate: tuple | None = None       # a rate/burst of projectdb already reported as unusable
         self.queue = TaskQueue()
         self.known: set[str] = set()              # taskids known to be in taskdb (bounded; see newtasks)
         self.specials: deque[Task] = deque()      # _on_get_info, _on_cronjob, _on_message to send
@@ -110,6 +111,13 @@ class ProjectState:
         self.row_sig = (row.get("status"), self.group, rate, burst)
         rate = settings.default_rate if rate is None else rate
         burst = settings.default_burst if burst is None else burst
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in (rate, burst)):
+            if self._bad_rate != (rate, burst):   # a row written by hand or an old version: said once
+                logger.error("project %s has rate %r / burst %r in projectdb, which are not finite numbers "
+                             ">= 0; using %g / %g until it is set right (web UI, or project add --rate)",
+                             self.name, rate, burst, settings.default_rate, settings.default_burst)
+                self._bad_rate = (rate, burst)
+            rate, burst = settings.default_rate, settings.default_burst
         if not self._bucket_set:
             self.bucket = TokenBucket(rate, burst, self._clock)   # a new project starts with a full bucket
             self._bucket_set = True

@@ -11,12 +11,13 @@ cluster-wide values set by ``spiderflow queue`` (:meth:`ProjectDB.get_pool_cap`)
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..exceptions import StorageError
+from ..exceptions import ConfigError, StorageError
 from ..message import ProjectStatus, validate_project_name
 from .base import LONGTEXT, META, METADATA, MYSQL_TABLE, NAME, BaseDB, check_fields
 
@@ -139,7 +140,22 @@ class ProjectDB(BaseDB):
         return sa.select(*(PROJECTS.c[f] for f in names))
 
 
+#: The largest rate or burst a project may have (tasks per second; a bound, not a target).
+MAX_RATE = 1e6
+
+
+def check_rate(name: str, value: Any) -> float:
+    """*value* as a project's rate or burst: a finite number from 0 to :data:`MAX_RATE`, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_RATE:
+        raise ConfigError(f"{name} must be a number from 0 to {MAX_RATE:.15g}, not {value!r}")
+    return float(value)
+
+
 def _row(**fields: Any) -> dict[str, Any]:
+    for key in ("rate", "burst"):
+        if key in fields:
+            fields[key] = check_rate(key, fields[key])
     if "status" in fields:
         fields["status"] = ProjectStatus(fields["status"]).value
     return fields

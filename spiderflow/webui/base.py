@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -260,11 +261,11 @@ class ApiHandler(BaseHandler):
 
     def reply(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(value, ensure_ascii=False, default=str))
+        self.finish(json_text(value))
 
     def body(self) -> Any:
         try:
-            return json.loads(self.request.body or b"null")
+            return json.loads(self.request.body or b"null", parse_constant=_no_constant)
         except ValueError as exc:
             raise fail(400, f"the request body is not JSON: {exc}") from None
 
@@ -289,3 +290,26 @@ class ApiNotFoundHandler(ApiHandler):
 
     def prepare(self) -> None:
         raise fail(404, f"no such endpoint: {self.request.path}")
+
+def json_text(value: Any) -> bytes:
+    """*value* as strict JSON in UTF-8, for any value a database may hold: a non-finite number
+    (a row written by an old version) is ``null``, not ``Infinity`` that browsers cannot parse,
+    and text with a lone surrogate is escaped, not a UnicodeEncodeError."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return json.dumps(_finite(value), default=str, allow_nan=False).encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (give a finite number)")
