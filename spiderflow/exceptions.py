@@ -125,14 +125,31 @@ class HTTPError(SpiderflowError):
         self.response = response
 
 
+#: Query parameters whose values are secrets (``?password=`` of libpq and redis URLs, tokens, keys).
+SECRET_PARAMETERS = frozenset(("password", "passwd", "pwd", "pass", "token", "secret", "auth", "api_key",
+                               "apikey", "access_key", "secret_key", "sslpassword", "private_key"))
+
+
 def redact_url(url: str) -> str:
-    """Return *url* with any password replaced by '***', for logs and error texts."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    """Return *url* with any password replaced by '***', for logs and error texts.
+
+    The password of the userinfo is hidden even when it holds ``/``, ``?``, ``#`` or ``@``
+    unescaped (a URL no parser splits right, but one a user may well type), and so are the
+    values of secret query parameters (:data:`SECRET_PARAMETERS`, any case).
+    """
+    scheme, sep, rest = str(url).partition("://")
+    if not sep:
         return url
-    netloc, slash, path = rest.partition("/")
-    userinfo, _, hostport = netloc.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    if colon:
-        userinfo = f"{user}:***"
-    return f"{scheme}://{userinfo}@{hostport}{slash}{path}"
+    at = rest.rfind("@")
+    user_end = min((i for i in (rest.find(c) for c in ":/?#") if i >= 0), default=-1)
+    if at > 0 and user_end >= 0 and rest[user_end] == ":" and user_end < at:
+        rest = f"{rest[:user_end]}:***{rest[at:]}"   # user:<anything>@host..., the password cut whole
+    head, qmark, query = rest.partition("?")
+    if not qmark:
+        return f"{scheme}://{rest}"
+    query, hash_, fragment = query.partition("#")
+    parts = []
+    for part in query.split("&"):
+        key, eq, _value = part.partition("=")
+        parts.append(f"{key}=***" if eq and key.strip().lower() in SECRET_PARAMETERS else part)
+    return f"{scheme}://{head}?{'&'.join(parts)}{hash_}{fragment}"
