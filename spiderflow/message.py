@@ -56,6 +56,10 @@ class ProjectStatus(str, enum.Enum):
         return self in (ProjectStatus.DEBUG, ProjectStatus.RUNNING)
 
 
+#: Characters a task id may not hold: line breaks and other controls (they would forge log lines).
+TASKID_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def validate_project_name(name: object) -> str:
     """Return *name* if it is a valid project name, else raise InvalidProjectName."""
     if type(name) is str and name in _VALID_NAMES:
@@ -719,6 +723,6 @@ def unpackb_value(data: bytes) -> Any:
 __all__ = [
     "SCHEMA_VERSION", "Fetch", "FetchResult", "MESSAGE_TYPES", "Message", "Process",
     "ProjectStatus", "ResultPack", "SPECIAL_TASKS", "Schedule", "StatusPack", "Task", "TaskStatus", "Track",
-    "md5_taskid", "pack", "packb_value", "special_task", "unpack", "unpackb_value",
+    "TASKID_CONTROLS", "md5_taskid", "pack", "packb_value", "special_task", "unpack", "unpackb_value",
     "validate_project_name",
 ]

@@ -21,6 +21,7 @@ import click
 
 from .. import __version__
 from ..exceptions import SpiderflowError, redact_url
+from ..logs import EscapeControls
 from ..runtime.signals import guard_startup, release_startup, starting
 from ..settings import Settings, settings_from_environ
 
@@ -36,6 +37,8 @@ SERVING_COMMANDS = frozenset({"one", "all", "scheduler", "fetcher", "processor",
 def setup_logging(level: str) -> None:
     """Install one stderr handler on the root logger (CLI and bench only)."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(EscapeControls())   # a task id or URL cannot end a line and forge the next
     logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

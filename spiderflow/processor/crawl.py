@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..exceptions import CrawlError, SerializationError
-from ..message import Fetch, Process, Schedule, Task, md5_taskid
+from ..message import TASKID_CONTROLS, Fetch, Process, Schedule, Task, md5_taskid
+from ..storage.base import MAX_TASKID
 from .urls import url_joiner
 
 #: Options that go to Task.fetch (``params`` is merged into the URL instead).
@@ -181,6 +182,9 @@ def build_task(project: str, url: str, opts: dict[str, Any], callback: str | Non
                                  "schedule": schedule.to_dict(), "process": process.to_dict()})
     if not isinstance(taskid, str) or not taskid:
         raise CrawlError(f"self.crawl({url!r}): taskid must be a non-empty string, not {taskid!r:.80}")
+    if len(taskid) > MAX_TASKID or TASKID_CONTROLS.search(taskid):
+        raise CrawlError(f"self.crawl({url!r}): taskid must be at most {MAX_TASKID} characters without line "
+                         f"breaks or other control characters, not {taskid!r:.80}")
     return Task(taskid=taskid, project=project, url=url, schedule=schedule, fetch=fetch,
                 process=process, updatetime=now)
 

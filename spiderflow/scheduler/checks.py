@@ -8,11 +8,12 @@ scheduler logs before dropping the message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..exceptions import SerializationError
-from ..message import Fetch, Process, Schedule, StatusPack, Task, TaskStatus, Track
+from ..message import TASKID_CONTROLS, Fetch, Process, Schedule, StatusPack, Task, TaskStatus, Track
 
 _INT32 = 2 ** 31
 _NUM = (int, float)
@@ -45,6 +46,8 @@ def task_problem(t: Task) -> str | None:
     """What is wrong with *t*, or None."""
     if not isinstance(t.taskid, str) or not t.taskid or len(t.taskid) > MAX_TASKID:
         return f"taskid must be a string of 1-{MAX_TASKID} characters"
+    if TASKID_CONTROLS.search(t.taskid):
+        return "taskid must not hold line breaks or other control characters"
     if not isinstance(t.project, str) or not t.project:
         return "project must be a non-empty string"
     if not isinstance(t.url, str) or not t.url:
@@ -59,6 +62,8 @@ def task_problem(t: Task) -> str | None:
     if not (isinstance(s.exetime, _NUM) and isinstance(s.age, _NUM)) or isinstance(s.exetime, bool) \
             or isinstance(s.age, bool):
         return "schedule exetime/age must be numbers"
+    if not (math.isfinite(s.exetime) and math.isfinite(s.age)):
+        return "schedule exetime/age must be finite numbers"
     if s.itag is not None and not isinstance(s.itag, str):
         return "schedule itag must be a string"
     if not isinstance(t.fetch, Fetch) or not isinstance(t.process, Process) or not isinstance(t.track, Track):
