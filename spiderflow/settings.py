@@ -109,6 +109,15 @@ class Settings:
     password: str | None = None
     token: str | None = None
     cookie_secret: str | None = None           # signs web UI sessions; None: random per process
+    cookie_secure: bool = False                # session cookie only over HTTPS (behind a TLS proxy); on with TLS
+    session_max_age: float = 12 * 3600.0       # seconds a web UI login lasts
+    webui_certfile: str | None = None          # PEM certificate (chain): the web UI serves HTTPS
+    webui_keyfile: str | None = None           # its PEM private key (None: in webui_certfile)
+    login_max_failures: int = 5                # failed logins from one address before it must wait
+    login_global_failures: int = 100           # ... from all addresses, before new addresses must wait
+    login_lockout: float = 60.0                # the first wait, seconds; doubled by each further failure
+    login_lockout_max: float = 900.0           # the longest wait
+    login_window: float = 900.0                # failures are forgotten this long after the last (or its wait)
     debug_time_limit: float = 60.0             # seconds a debugger Run may take; then its worker is killed
     debug_memory_limit: int = 1024 * 1024 * 1024   # bytes of address space of a Run's worker; 0: no limit
 

@@ -7,7 +7,7 @@ import click
 from ..runtime.scripts import read_script
 from ..runtime.supervisor import run_all
 from . import get_settings
-from .options import RATE, db_options, handles_errors, queue_options
+from .options import RATE, db_options, handles_errors, queue_options, read_secret_files, secret_file_option
 
 
 @click.command("all")
@@ -26,8 +26,16 @@ from .options import RATE, db_options, handles_errors, queue_options
 @click.option("--webui-host", default=None, help="Web UI address [127.0.0.1]; any other needs credentials.")
 @click.option("--webui-port", type=int, default=None, help="Web UI port [5000].")
 @click.option("--username", default=None, help="Web UI user name (login page and basic auth).")
-@click.option("--password", default=None, help="Web UI password.")
-@click.option("--token", default=None, help="Web UI token for 'Authorization: Bearer'.")
+@click.option("--password", default=None,
+              help="Web UI password. A flag shows in ps: prefer SPIDERFLOW_PASSWORD or --password-file.")
+@secret_file_option("password")
+@click.option("--token", default=None, help="Web UI token for 'Authorization: Bearer' "
+                                             "(shows in ps: prefer SPIDERFLOW_TOKEN or --token-file).")
+@secret_file_option("token")
+@click.option("--certfile", "webui_certfile", default=None, type=click.Path(dir_okay=False), metavar="PEM",
+              help="Web UI: serve HTTPS with this certificate (chain).")
+@click.option("--keyfile", "webui_keyfile", default=None, type=click.Path(dir_okay=False), metavar="PEM",
+              help="Web UI: the certificate's private key [in --certfile].")
 @click.option("--result-sink", default=None, metavar="NAME",
               help="Result sink of the result workers: resultdb (default), jsonl, an entry point, or module:Class.")
 @queue_options
@@ -41,7 +49,7 @@ def all_command(ctx: click.Context, scripts: tuple[str, ...], exit_when_done: bo
     Defaults: sqlite databases in the data directory and multiprocessing queues. Ctrl-C or
     SIGTERM stops everything (warm: in-flight work is finished); a second signal stops at once.
     """
-    settings = get_settings(ctx, **options)
+    settings = get_settings(ctx, **read_secret_files(options, "password", "token"))
     projects = [read_script(path) for path in scripts]
     ctx.exit(run_all(settings, projects, exit_when_done=exit_when_done, rate=rate, burst=burst,
                      webui=not no_webui))

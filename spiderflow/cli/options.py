@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..exceptions import SpiderflowError
+from ..exceptions import ConfigError, SpiderflowError
 
 
 class Number(click.ParamType):
@@ -58,6 +58,45 @@ def queue_options(func: Callable) -> Callable:
     func = click.option("--queue", default=None, metavar="URL",
                         help="Queue backend: redis://host:6379/0, amqp://user:pass@host:5672/vhost, ...")(func)
     return func
+
+
+def node_options(command: Any) -> Any:
+    """--node-id and --node-name (a command's function or an already built click Command)."""
+    command = click.option("--node-name", default=None, metavar="NAME",
+                           help="Name shown for this node in `spiderflow nodes` and the web UI [the id].")(command)
+    return click.option("--node-id", default=None, metavar="ID",
+                        help="Stable id of this node in the registry: a restart with it updates its row and keeps "
+                             "its history; a second live node with it is refused [a new random id per start]."
+                        )(command)
+
+
+def secret_file_option(name: str) -> Callable:
+    """``--<name>-file PATH``: the secret *name* (password, token, ...) read from a file, kept out of ``ps``."""
+    flag = name.replace("_", "-")
+    return click.option(f"--{flag}-file", f"{name}_file", default=None, metavar="PATH",
+                        help=f"Read --{flag} from the first line of this file (not shown by ps).")
+
+
+def read_secret_files(options: dict[str, Any], *names: str) -> dict[str, Any]:
+    """*options* with each ``<name>_file`` of *names* replaced by ``<name>``: the file's first line, stripped."""
+    options = dict(options)
+    for name in names:
+        path = options.pop(f"{name}_file", None)
+        if path is None:
+            continue
+        flag = name.replace("_", "-")
+        if options.get(name) is not None:
+            raise ConfigError(f"give --{flag} or --{flag}-file, not both")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                line = fh.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"--{flag}-file {path!r}: cannot read it: {why}") from exc
+        if not line:
+            raise ConfigError(f"--{flag}-file {path!r}: its first line is empty")
+        options[name] = line
+    return options
 
 
 @contextlib.contextmanager

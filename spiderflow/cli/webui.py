@@ -9,7 +9,7 @@ import click
 from ..runtime.compose import LOCAL_QUEUES, start_node
 from ..runtime.signals import install_stop_signals
 from . import get_settings
-from .options import db_options, handles_errors
+from .options import db_options, handles_errors, read_secret_files, secret_file_option
 
 logger = logging.getLogger(__name__)
 
@@ -19,13 +19,24 @@ logger = logging.getLogger(__name__)
               help="Address to serve on [127.0.0.1]; any other needs credentials.")
 @click.option("--port", "webui_port", type=int, default=None, help="Port [5000].")
 @click.option("--username", default=None, help="User name for the login page and basic auth.")
-@click.option("--password", default=None, help="Password (with --username).")
-@click.option("--token", default=None, help="Token for 'Authorization: Bearer' (scripts) and the login page.")
+@click.option("--password", default=None,
+              help="Password (with --username). A flag shows in ps: prefer SPIDERFLOW_PASSWORD or --password-file.")
+@secret_file_option("password")
+@click.option("--token", default=None, help="Token for 'Authorization: Bearer' (scripts) and the login page "
+                                             "(shows in ps: prefer SPIDERFLOW_TOKEN or --token-file).")
+@secret_file_option("token")
 @click.option("--cookie-secret", default=None,
               help="Secret that signs session cookies [random per process: a restart logs everyone out].")
+@click.option("--certfile", "webui_certfile", default=None, type=click.Path(dir_okay=False), metavar="PEM",
+              help="Serve HTTPS with this certificate (chain).")
+@click.option("--keyfile", "webui_keyfile", default=None, type=click.Path(dir_okay=False), metavar="PEM",
+              help="The certificate's private key [in --certfile].")
 @click.option("--scheduler-host", default=None, help="Scheduler control interface address [127.0.0.1].")
 @click.option("--scheduler-port", type=int, default=None, help="Scheduler control interface port [23333].")
-@click.option("--scheduler-token", default=None, help="Token of the scheduler's control interface.")
+@click.option("--scheduler-token", default=None,
+              help="Token of the scheduler's control interface (shows in ps: prefer SPIDERFLOW_SCHEDULER_TOKEN "
+                   "or --scheduler-token-file).")
+@secret_file_option("scheduler_token")
 @click.option("--queue", default=None, metavar="URL",
               help="Shared queue backend (redis://, amqp://) whose queue sizes the dashboard shows.")
 @db_options
@@ -36,7 +47,7 @@ def webui(ctx: click.Context, **options) -> None:
     from ..queues import connect_queues
     from ..webui import build_webui
 
-    settings = get_settings(ctx, **options)
+    settings = get_settings(ctx, **read_secret_files(options, "password", "token", "scheduler_token"))
     queues = node = None
     try:
         if settings.queue and settings.queue.split("://", 1)[0].lower() not in LOCAL_QUEUES:

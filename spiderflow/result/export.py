@@ -6,7 +6,10 @@ result: ``{"taskid", "url", "result", "updatetime"}``. CSV reads the results twi
 first pass collects the columns (the union of the result keys, in first-seen order), the
 second writes ``taskid``, ``url`` and those columns; a result key that clashes with
 ``taskid`` or ``url`` gets the column ``result.<key>``, a result that is not an object goes
-to a ``result`` column, and nested values are written as JSON.
+to a ``result`` column, and nested values are written as JSON. A text cell (or column name)
+that a spreadsheet would read as a formula — one starting with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return — starts with a ``'`` instead (OWASP's advice against CSV injection:
+a crawled page must not run a formula on the computer of whoever opens the export).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("json", "jsonl", "csv")
 _META = ("taskid", "url")
+#: What a text cell must not start with: a spreadsheet would take it as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -58,12 +63,17 @@ def _column(key: str) -> str:
     return f"result.{key}" if key in _META else key
 
 
+def csv_text(text: str) -> str:
+    """*text* as a CSV cell no spreadsheet runs as a formula: with a ``'`` before a formula start."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
-    return _dumps(value)
+        return csv_text(value)
+    return _dumps(value)      # a number (-1 is no formula), or JSON starting with [ { or "
 
 
 def csv_columns(rows: Any) -> list[str]:
@@ -88,12 +98,12 @@ def export_csv(select: Callable[[], Any], fh: TextIO) -> int:
     columns = csv_columns(select())
     known = set(columns)
     writer = csv.writer(fh)
-    writer.writerow(columns)
+    writer.writerow([csv_text(c) for c in columns])
     count = 0
     late_keys: set[str] = set()
     for row in select():
         result = row["result"]
-        cells = {"taskid": row["taskid"], "url": row["url"]}
+        cells = {"taskid": csv_text(row["taskid"]), "url": csv_text(row["url"])}
         if isinstance(result, dict):
             for key, value in result.items():
                 column = _column(str(key))
@@ -128,4 +138,5 @@ def export_results(resultdb: Any, project: str, fmt: str, fh: TextIO, *, offset:
     return export_jsonl(select(), fh)
 
 
-__all__ = ["EXPORT_FORMATS", "csv_columns", "export_csv", "export_json", "export_jsonl", "export_results"]
+__all__ = ["EXPORT_FORMATS", "csv_columns", "csv_text", "export_csv", "export_json", "export_jsonl",
+           "export_results"]

@@ -28,7 +28,7 @@ from ..scheduler.control import ControlClient
 from ..settings import Settings
 from ..storage import open_databases
 from . import api, auth, dashboard, debugger, results, tasks
-from .auth import Auth, check_webui_settings
+from .auth import Auth, check_webui_settings, server_tls
 from .base import ApiNotFoundHandler, NotFoundHandler
 from .debug_worker import Debugger
 from .scheduler_link import SchedulerLink
@@ -135,20 +135,24 @@ def control_client(settings: Settings, timeout: float = 5.0) -> ControlClient:
     return ControlClient(f"http://{host}:{settings.scheduler_port}", settings.scheduler_token, timeout=timeout)
 
 
-def webui_url(host: str, port: int) -> str:
+def webui_url(host: str, port: int, scheme: str = "http") -> str:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
 class WebUIServer:
-    """The app on a socket bound at construction; :meth:`run` blocks, :meth:`start` uses a thread."""
+    """The app on a socket bound at construction; :meth:`run` blocks, :meth:`start` uses a thread.
 
-    def __init__(self, app: tornado.web.Application, host: str = "127.0.0.1", port: int = 0):
+    With *ssl_options* (an SSLContext, see :func:`~.auth.server_tls`) it serves HTTPS."""
+
+    def __init__(self, app: tornado.web.Application, host: str = "127.0.0.1", port: int = 0,
+                 ssl_options: Any = None):
         self.app = app
         self.host = host
+        self.ssl_options = ssl_options
         self._sockets = tornado.netutil.bind_sockets(port, host)
         self.port: int = self._sockets[0].getsockname()[1]
-        self.url = webui_url(host, self.port)
+        self.url = webui_url(host, self.port, "https" if ssl_options else "http")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._stop_requested = False
@@ -195,7 +199,7 @@ class WebUIServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        server = tornado.httpserver.HTTPServer(self.app, max_body_size=MAX_BODY)
+        server = tornado.httpserver.HTTPServer(self.app, max_body_size=MAX_BODY, ssl_options=self.ssl_options)
         server.add_sockets(self._sockets)
         logger.info("web UI on %s", self.url)
         self._started.set()
@@ -223,9 +227,10 @@ def build_webui(settings: Settings, *, control: ControlClient | None = _FROM_SET
     *databases* (an object with projectdb, taskdb, resultdb) defaults to the settings' URLs,
     opened here and closed with the server; *control* to the scheduler named by
     ``scheduler_host``/``scheduler_port``/``scheduler_token``. Raises ConfigError when the
-    address would need credentials, OSError when it cannot bind.
+    address would need credentials or the TLS files are unusable, OSError when it cannot bind.
     """
     check_webui_settings(settings)
+    tls = server_tls(settings)
     owned = []
     if databases is None:
         databases = open_databases(settings)
@@ -236,7 +241,7 @@ def build_webui(settings: Settings, *, control: ControlClient | None = _FROM_SET
                    control=control, queues=queues, cookie_secret=cookie_secret or settings.cookie_secret,
                    owned=owned)
     try:
-        return WebUIServer(app, settings.webui_host, settings.webui_port)
+        return WebUIServer(app, settings.webui_host, settings.webui_port, ssl_options=tls)
     except BaseException:
         app.settings["spiderflow"].close()
         raise

@@ -1,8 +1,13 @@
 """The request handlers' base classes: sessions, authentication, request guards, headers, errors.
 
-Every browser gets a signed session cookie (``spiderflow_session``: a random id and, once
-logged in, the user name); the xsrf token is bound to that id, and state-changing requests
-must come from the web UI's own pages (see :mod:`.guard`). :class:`PageHandler` renders
+Every browser gets a signed session cookie (``spiderflow_session``: a random id, the time
+it was issued, a digest of the credentials and, once logged in, the user name; HttpOnly,
+SameSite=Lax, and Secure over HTTPS or with ``cookie_secure``); the xsrf token is bound to
+that id, and state-changing requests must come from the web UI's own pages (see
+:mod:`.guard`). A cookie issued under other credentials, revoked by a logout or older than
+``session_max_age`` (when logged in) is ignored (see :class:`~.auth.Sessions`). A wrong
+basic-auth password or bearer token counts against the client, which past the limit is
+answered 429 with ``Retry-After`` (see :class:`~.auth.LoginLimiter`). :class:`PageHandler` renders
 templates (errors as an HTML page, a login redirect when credentials are needed);
 :class:`ApiHandler` speaks JSON (errors as ``{"error": message}`` with the status code,
 401 when credentials are needed, 415 for a body that is not JSON). Both find the web UI's
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +56,7 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 SESSION_COOKIE = "spiderflow_session"
+#: How long a session without a user (it only carries the xsrf token) lasts.
 SESSION_DAYS = 7
 
 
@@ -57,7 +64,9 @@ class BaseHandler(tornado.web.RequestHandler):
     #: True: usable without logging in (the login page itself)
     public = False
     _bearer = False
-    _session: Any = False      # (id, user), None, or False: not read yet
+    _session: Any = False      # (id, user, issued), None, or False: not read yet
+    #: seconds for ``Retry-After`` (set before answering 429; kept by send_error, which calls set_default_headers)
+    retry_after = 0
 
     @property
     def state(self) -> WebUIState:
@@ -68,26 +77,39 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.state.auth
 
     # -- the session -------------------------------------------------------------------------
-    def session(self) -> tuple[str, str] | None:
-        """``(session id, user)`` from the signed session cookie (user ``""`` when not logged in), or None."""
+    def session(self) -> tuple[str, str, int] | None:
+        """``(session id, user, issued)`` from the signed session cookie (user ``""`` when not logged
+        in), or None: also for a cookie of other credentials, revoked, or past its age."""
         if self._session is False:
             self._session = None
-            value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
-            if value:
-                sid, sep, user = value.decode("utf-8", "replace").partition(":")
-                if sep and len(sid) == 32:
-                    self._session = (sid, user)
+            sessions = self.auth.sessions
+            days = max(SESSION_DAYS, sessions.max_age / 86400)
+            value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=days)
+            parts = value.decode("utf-8", "replace").split(":", 3) if value else []
+            if len(parts) == 4 and len(parts[0]) == 32 and parts[1].isdigit():
+                sid, issued, binding, user = parts
+                if (guard.same_token(binding, sessions.binding(self.application.settings["cookie_secret"]))
+                        and sessions.valid(sid, int(issued), bool(user))):
+                    self._session = (sid, user, int(issued))
         return self._session
 
     def start_session(self, user: str = "") -> str:
         """A new session (for *user*, after a login) in a new signed cookie; its id."""
-        sid = guard.new_session_id()
-        self.set_signed_cookie(SESSION_COOKIE, f"{sid}:{user}", expires_days=SESSION_DAYS, httponly=True,
-                               samesite="Lax")
-        self._session = (sid, user)
+        sessions = self.auth.sessions
+        sid, issued = guard.new_session_id(), int(time.time())
+        binding = sessions.binding(self.application.settings["cookie_secret"])
+        secure = self.request.protocol == "https" or self.state.settings.cookie_secure
+        self.set_signed_cookie(SESSION_COOKIE, f"{sid}:{issued}:{binding}:{user}",
+                               expires_days=sessions.max_age / 86400 if user else SESSION_DAYS,
+                               httponly=True, samesite="Lax", secure=secure)
+        self._session = (sid, user, issued)
         return sid
 
     def end_session(self) -> None:
+        """Log out: the session's id is revoked here, so a copy of its cookie is worthless too."""
+        session = self.session()
+        if session:
+            self.auth.sessions.revoke(session[0], session[2])
         self.clear_cookie(SESSION_COOKIE)
         self._session = None
 
@@ -106,14 +128,34 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
         header = self.request.headers.get("Authorization", "")
         if header:
-            if auth.bearer(header):
-                self._bearer = True
-                return "token"
-            user = auth.basic(header)
+            user = self.authorize(header)
             if user:
                 return user
         session = self.session()
         return session[1] if session and session[1] else None
+
+    def authorize(self, header: str) -> str | None:
+        """The user of a basic-auth or bearer *header*, or None; every wrong one counts against the
+        client, which past the limit is refused (429) without a look at what it sent."""
+        scheme = header.partition(" ")[0].lower()
+        if scheme not in ("basic", "bearer"):
+            return None
+        auth, address = self.auth, self.request.remote_ip
+        wait = auth.limiter.wait(address)
+        if wait:
+            self._current_user = None          # the error page asks again
+            self.retry_after = math.ceil(wait)
+            raise fail(429, f"too many failed logins from your address: try again in {self.retry_after} s")
+        if scheme == "bearer" and auth.bearer(header):
+            self._bearer = True
+            user = "token"
+        else:
+            user = auth.basic(header) if scheme == "basic" else None
+        if user:
+            auth.limiter.succeeded(address)
+            return user
+        auth.limiter.failed(address, "basic auth" if scheme == "basic" else "a bearer token")
+        return None
 
     @property
     def authenticated(self) -> bool:
@@ -162,6 +204,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
         self.set_header("X-Frame-Options", "SAMEORIGIN")
+        if self.retry_after:
+            self.set_header("Retry-After", str(self.retry_after))
 
     # -- projects ----------------------------------------------------------------------------
     def project_name(self, name: str) -> str:
@@ -290,6 +334,7 @@ class ApiNotFoundHandler(ApiHandler):
 
     def prepare(self) -> None:
         raise fail(404, f"no such endpoint: {self.request.path}")
+
 
 def json_text(value: Any) -> bytes:
     """*value* as strict JSON in UTF-8, for any value a database may hold: a non-finite number
