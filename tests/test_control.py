@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import urllib.error
@@ -14,6 +15,7 @@ from test_scheduler import Harness
 from spiderflow.exceptions import ConfigError
 from spiderflow.message import Task
 from spiderflow.scheduler import ControlClient, ControlError, ThreadedScheduler, serve_control
+from spiderflow.scheduler.control import read_token_file, token_path
 
 
 class ServerThread:
@@ -31,6 +33,7 @@ class ServerThread:
         self.thread.start()
         assert ready.wait(5)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token or read_token_file(token_path(scheduler.settings.data_dir))
 
     def _run(self, start):
         asyncio.set_event_loop(self.loop)
@@ -63,9 +66,11 @@ def server(h):
     srv.close()
 
 
-def raw(url, method="GET", body=None, headers=None):
+def _raw(url, method="GET", body=None, headers=None, token=None):
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {}),
+               **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -75,7 +80,7 @@ def raw(url, method="GET", body=None, headers=None):
 
 
 def test_client_round_trip(h, server):
-    client = ControlClient(server.url)
+    client = ControlClient(server.url, server.token)
     assert client.newtask({"project": "p", "url": "http://a/1"}) == 1
     assert client.newtask([Task.create("p", "http://a/2"), {"project": "p", "url": "http://a/3"}]) == 2
     h.run()
@@ -102,6 +107,7 @@ def test_client_round_trip(h, server):
 
 def test_errors_are_json_with_status(h, server):
     api = server.url + "/api"
+    raw = functools.partial(_raw, token=server.token)
     assert raw(f"{api}/newtask", "POST", {"project": "p"})[0] == 400               # missing url
     assert raw(f"{api}/newtask", "POST", {"project": "nope", "url": "http://x"})[0] == 404
     assert raw(f"{api}/newtask", "POST", b"{not json")[0] == 400
@@ -123,7 +129,7 @@ def test_errors_are_json_with_status(h, server):
     status, body = raw(f"{api}/size", "POST", {})
     assert status == 405 and "error" in body
     with pytest.raises(ControlError) as err:
-        ControlClient(server.url).run("nope")
+        ControlClient(server.url, server.token).run("nope")
     assert err.value.status == 404 and "nope" in err.value.message
 
 
@@ -131,12 +137,12 @@ def test_token_is_required_when_set(h):
     srv = ServerThread(h.scheduler, token="s3cret")
     try:
         api = srv.url + "/api"
-        status, body = raw(f"{api}/size")
+        status, body = _raw(f"{api}/size")
         assert status == 401 and "token" in body["error"]
-        assert raw(f"{api}/size", headers={"Authorization": "Bearer wrong"})[0] == 401
-        assert raw(f"{api}/size", headers={"Authorization": "Basic s3cret"})[0] == 401
-        assert raw(f"{api}/size", headers={"Authorization": "Bearer s3cret"}) == (200, {"size": 0})
-        assert raw(f"{api}/nothing", headers={})[0] == 401
+        assert _raw(f"{api}/size", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert _raw(f"{api}/size", headers={"Authorization": "Basic s3cret"})[0] == 401
+        assert _raw(f"{api}/size", headers={"Authorization": "Bearer s3cret"}) == (200, {"size": 0})
+        assert _raw(f"{api}/nothing", headers={})[0] == 401
         with pytest.raises(ControlError) as err:
             ControlClient(srv.url).size()
         assert err.value.status == 401

@@ -26,6 +26,7 @@ from spiderflow.exceptions import StorageError
 from spiderflow.nodes import TRIM_EVERY, Node, fetcher_stats, format_threads, on_loop
 from spiderflow.runtime.compose import node_lister, start_node
 from spiderflow.scheduler import ControlClient, ControlError, serve_control
+from spiderflow.scheduler.control import token_path
 from spiderflow.settings import Settings
 from spiderflow.storage.nodedb import NODES
 from spiderflow.testing import link_farm_reachable, link_farm_url
@@ -259,7 +260,7 @@ class ControlServer:
         scheduler = types.SimpleNamespace(settings=Settings())
 
         async def start():
-            self.server, self.port = serve_control(scheduler, host="127.0.0.1", port=0, nodes=nodes)
+            self.server, self.port = serve_control(scheduler, host="127.0.0.1", port=0, nodes=nodes, token="t")
             ready.set()
 
         def run():
@@ -270,7 +271,7 @@ class ControlServer:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         assert ready.wait(5)
-        self.client = ControlClient(f"http://127.0.0.1:{self.port}")
+        self.client = ControlClient(f"http://127.0.0.1:{self.port}", "t")
 
     def close(self):
         async def stop():
@@ -392,7 +393,7 @@ def test_sigusr1_dumps_threads_and_sigterm_stops_every_node(tmp_path):
         assert processor["id"] in again and again[processor["id"]]["last_seen"] > processor["last_seen"]
 
         port = int(re.search(r"scheduler control interface on http://127\.0\.0\.1:(\d+)/api/", dump).group(1))
-        api = ControlClient(f"http://127.0.0.1:{port}").nodes()
+        api = ControlClient(f"http://127.0.0.1:{port}", token_file=token_path(str(data))).nodes()
         assert {n["id"] for n in api} == set(again)
 
         proc.send_signal(signal.SIGTERM)

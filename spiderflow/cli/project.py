@@ -22,16 +22,17 @@ def _projectdb(ctx: click.Context, projectdb: str | None):
 
 
 def _control(ctx: click.Context, host: str | None, port: int | None, token: str | None):
-    from ..scheduler import ControlClient
-    settings = get_settings(ctx, scheduler_host=host, scheduler_port=port, scheduler_token=token)
-    return ControlClient(f"http://{settings.scheduler_host}:{settings.scheduler_port}", settings.scheduler_token)
+    """The scheduler's control interface; without --scheduler-token, the token in the data directory."""
+    from ..runtime.compose import control_client
+    return control_client(get_settings(ctx, scheduler_host=host, scheduler_port=port, scheduler_token=token))
 
 
 projectdb_option = click.option("--projectdb", default=None, metavar="URL", help="projectdb URL [sqlite in the data directory].")
 
 
 def control_options(func):
-    func = click.option("--scheduler-token", default=None, help="Token of the control interface.")(func)
+    func = click.option("--scheduler-token", default=None,
+                        help="Token of the control interface [the one in the data directory].")(func)
     func = click.option("--scheduler-port", type=int, default=None, help="Scheduler control port [23333].")(func)
     func = click.option("--scheduler-host", default=None, help="Scheduler control address [127.0.0.1].")(func)
     return func

@@ -127,15 +127,9 @@ def node_lister(settings: Settings) -> Callable[[bool], list[dict[str, Any]]]:
 
 
 def control_client(settings: Settings, timeout: float = 10.0):
-    """A client of the scheduler's control interface at ``scheduler_host:scheduler_port``.
-
-    A scheduler bound to every address (0.0.0.0 or ::) is reached on 127.0.0.1.
-    """
-    from ..scheduler import ControlClient
-    host = settings.scheduler_host
-    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    host = f"[{host}]" if ":" in host else host
-    return ControlClient(f"http://{host}:{settings.scheduler_port}", settings.scheduler_token, timeout=timeout)
+    """A client of the scheduler's control interface (:meth:`ControlClient.for_settings`)."""
+    from ..scheduler.control import ControlClient
+    return ControlClient.for_settings(settings, timeout)
 
 
 # -- one component in this process -------------------------------------------------------------

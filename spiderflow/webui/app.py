@@ -128,11 +128,8 @@ def make_app(settings: Settings, *, projectdb: Any, taskdb: Any, resultdb: Any,
 
 
 def control_client(settings: Settings, timeout: float = 5.0) -> ControlClient:
-    """A client of the scheduler's control interface named by *settings*."""
-    host = settings.scheduler_host
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    host = f"[{host}]" if ":" in host else host
-    return ControlClient(f"http://{host}:{settings.scheduler_port}", settings.scheduler_token, timeout=timeout)
+    """A client of the scheduler's control interface named by *settings* (its token file too)."""
+    return ControlClient.for_settings(settings, timeout)
 
 
 def webui_url(host: str, port: int, scheme: str = "http") -> str:

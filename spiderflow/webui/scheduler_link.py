@@ -3,7 +3,9 @@
 The scheduler may run in another process or not at all. Every call goes through
 :meth:`SchedulerLink.call` in a worker thread (the client is synchronous urllib, and the
 scheduler might even be served from this process), and a scheduler that cannot be reached
-is reported, never raised, so that pages still render from the databases.
+is reported, never raised, so that pages still render from the databases. So is one that
+refuses the web UI: a wrong or missing token (401: the client names the token file it read,
+``<data_dir>/scheduler.token`` unless ``scheduler_token`` is set) or a refused request (403).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any
 from ..scheduler.control import ControlClient, ControlError
 
 logger = logging.getLogger(__name__)
+
+#: answers that mean the web UI cannot use the scheduler at all: its token, or its requests, are refused
+REFUSED = frozenset((401, 403))
 
 
 @dataclass
@@ -46,14 +51,15 @@ class SchedulerLink:
                                  None if client else "no scheduler control interface configured")
 
     async def call(self, method: str, *args: Any) -> Any:
-        """``client.<method>(*args)``; SchedulerUnavailable if unreachable, ControlError for its 4xx answers."""
+        """``client.<method>(*args)``; SchedulerUnavailable if unreachable or refused (401, 403),
+        ControlError for its other 4xx answers."""
         if self.client is None:
             raise SchedulerUnavailable(self.status.error)
         fn = functools.partial(getattr(self.client, method), *args)
         try:
             value = await asyncio.get_running_loop().run_in_executor(self.executor, fn)
         except ControlError as exc:
-            if exc.status == 0 or exc.status >= 500 or exc.status == 401:
+            if exc.status == 0 or exc.status >= 500 or exc.status in REFUSED:
                 self._down(exc.message if exc.status == 0 else f"{exc.status} {exc.message}")
                 raise SchedulerUnavailable(self.status.error) from None
             self.status = LinkStatus(self.client.url, True)

@@ -29,6 +29,7 @@ import pytest
 
 from spiderflow.message import ProjectStatus
 from spiderflow.scheduler import ControlClient
+from spiderflow.scheduler.control import token_path
 from spiderflow.storage import connect_projectdb, connect_resultdb
 
 from .conftest import SPIDERFLOW, free_port, project_name, wait_for
@@ -91,7 +92,8 @@ class Ops:
 
     def in_flight(self) -> int:
         """Tasks dispatched and not yet answered, as the scheduler counts them."""
-        return sum(p["processing"] for p in ControlClient(f"http://127.0.0.1:{self.port}", timeout=5).projects())
+        client = ControlClient(f"http://127.0.0.1:{self.port}", timeout=5, token_file=token_path(str(self.data_dir)))
+        return sum(p["processing"] for p in client.projects())
 
 
 def write_slow(directory: Path, name: str, base: str, version: int) -> None:
