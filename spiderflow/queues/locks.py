@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import ConfigError
+from ..files import make_private_dirs, open_private
 from .mpshared import start_time
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,8 @@ class FileSchedulerLock(SchedulerLock):
         self.path = os.path.abspath(os.path.join(data_dir, LOCK_FILE))
         self.where = f"data directory {os.path.dirname(self.path)}"
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            make_private_dirs(os.path.dirname(self.path))
+            self._fd: int | None = open_private(self.path, os.O_RDWR)
         except OSError as exc:
             raise ConfigError(f"cannot open the scheduler lock {self.path}: {exc.strerror or exc}") from exc
         try:

@@ -53,6 +53,7 @@ import tornado.netutil
 import tornado.web
 
 from ..exceptions import ConfigError, ControlError, SerializationError, StorageError
+from ..files import make_private_dirs
 from ..message import Task
 from ..settings import is_loopback
 from .checks import coerce_task
@@ -106,7 +107,7 @@ def write_token_file(path: str, token: str) -> None:
     not followed.
     """
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
+    make_private_dirs(directory)
     temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import CounterFileError
+from ..files import make_private_dirs, open_private
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +172,9 @@ class Counters:
 
     def dump(self, path: str) -> None:
         """Write the counters to *path* atomically."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        make_private_dirs(os.path.dirname(os.path.abspath(path)))
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as fh:
             json.dump(self.to_json(), fh, separators=(",", ":"))
         os.replace(tmp, path)
 

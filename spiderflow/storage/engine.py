@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.pool import StaticPool
 
 from ..exceptions import ConfigError, redact_url
+from ..files import create_private_file, make_private_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,11 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         engine = sa.create_engine(url, poolclass=StaticPool,
                                   connect_args={"check_same_thread": False})
     else:
-        if not url.query.get("uri") and os.path.dirname(path):
+        if not url.query.get("uri"):
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if os.path.dirname(path):
+                    make_private_dirs(os.path.dirname(path))
+                create_private_file(path)   # sqlite's -wal and -shm files take the database's mode
             except OSError as exc:
                 raise ConfigError(f"cannot create the directory of sqlite database {label(url)}: "
                                   f"{exc.strerror or exc}; give a path in a writable directory") from exc
