@@ -88,6 +88,7 @@ class Settings:
     max_body_size: int = 10 * 1024 * 1024
     robots_txt_ttl: float = 3600.0
     max_redirects: int = 5
+    block_private_addresses: bool = False      # refuse loopback, private, link-local, ... targets (each hop)
 
     # -- processor -------------------------------------------------------------
     process_time_limit: float = 30.0

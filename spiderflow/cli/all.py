@@ -20,6 +20,9 @@ from .options import RATE, db_options, handles_errors, queue_options, read_secre
               help="Stop once every --project has no ACTIVE task left and the queues are empty.")
 @click.option("--rate", type=RATE, default=None, help="Rate of the --project scripts [their '# rate: N', else 1].")
 @click.option("--burst", type=RATE, default=None, help="Burst of the --project scripts [their '# burst: N', else 3].")
+@click.option("--block-private-addresses", is_flag=True, default=None,
+              help="Refuse fetches to loopback, private, link-local and other non-public addresses "
+                   "(checked after DNS, on every redirect).")
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches per fetcher [100].")
 @click.option("--scheduler-port", type=int, default=None, help="Scheduler control interface port [23333].")
 @click.option("--no-webui", is_flag=True, help="Do not start the web UI.")

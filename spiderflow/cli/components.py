@@ -55,6 +55,9 @@ def scheduler(ctx: click.Context, **options) -> None:
 @queue_options
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches [100].")
 @click.option("--proxy", default=None, help="Default proxy, e.g. http://user:pass@host:3128 or socks5://host:1080.")
+@click.option("--block-private-addresses", is_flag=True, default=None,
+              help="Refuse fetches to loopback, private, link-local and other non-public addresses "
+                   "(checked after DNS, on every redirect).")
 @click.option("--timeout", type=SECONDS, default=None, help="Default fetch timeout in seconds [120].")
 @click.option("--projectdb", default=None, metavar="URL",
               help="projectdb URL: the fetcher registers there as a node [sqlite in the data directory].")

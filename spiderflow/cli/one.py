@@ -21,18 +21,22 @@ from .options import RATE, handles_errors
 @click.option("--rate", type=RATE, default=None, help="Tasks per second [the script's '# rate: N' comment, else 1].")
 @click.option("--burst", type=RATE, default=None, help="Burst [the script's '# burst: N' comment, else 3].")
 @click.option("--poolsize", type=int, default=None, help="Concurrent fetches [100].")
+@click.option("--block-private-addresses", is_flag=True, default=None,
+              help="Refuse fetches to loopback, private, link-local and other non-public addresses "
+                   "(checked after DNS, on every redirect).")
 @click.option("--proxy", default=None, help="Default proxy.")
 @click.pass_context
 @handles_errors
 def one(ctx: click.Context, script: str, urls: tuple[str, ...], callback: str, name: str | None,
         interactive: bool, taskdb: str | None, resultdb: str | None, rate: float | None, burst: float | None,
-        poolsize: int | None, proxy: str | None) -> None:
+        poolsize: int | None, proxy: str | None, block_private_addresses: bool | None) -> None:
     """Run SCRIPT in this process until its crawl is done.
 
     Results are written to stdout as JSON lines unless --resultdb is given; logs go to
     stderr. Ctrl-C stops cleanly.
     """
-    settings = get_settings(ctx, taskdb=taskdb, resultdb=resultdb, poolsize=poolsize, proxy=proxy)
+    settings = get_settings(ctx, taskdb=taskdb, resultdb=resultdb, poolsize=poolsize, proxy=proxy,
+                            block_private_addresses=block_private_addresses)
     code = run_one(settings, script, name=name, urls=urls, callback=callback, interactive=interactive,
                    resultdb_given=resultdb is not None, rate=rate, burst=burst)
     ctx.exit(code)

@@ -2,8 +2,8 @@
 
 :class:`Fetcher` is the component (see :mod:`.fetcher`); the other modules are its parts:
 :mod:`.request` (task options → request), :mod:`.transport` (client, redirects, cookies,
-robots checks), :mod:`.body` (streamed, decoded, capped body), :mod:`.cookies`,
-:mod:`.robots` and :mod:`.counters`.
+robots checks), :mod:`.body` (streamed, decoded, capped body), :mod:`.addresses`
+(``block_private_addresses``), :mod:`.cookies`, :mod:`.robots` and :mod:`.counters`.
 """
 
 from __future__ import annotations

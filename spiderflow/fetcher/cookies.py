@@ -1,21 +1,41 @@
 """A cookie jar per task, kept by :mod:`http.cookiejar` across the redirects the fetcher follows.
 
 The task's cookies (``Fetch.cookies`` and a ``Cookie`` header, parsed with
-:class:`http.cookies.SimpleCookie`) seed the jar as cookies of the first URL's host, so they
-are sent on every hop to that host (and its subdomains, under the stdlib's liberal policy)
-but not to a third-party site a redirect points at. Each response's ``Set-Cookie`` headers
-are added with the stdlib's usual domain, path, expiry and secure rules. A task that starts
-without cookies and never gets one costs nothing: the jar is only made when needed.
+:class:`http.cookies.SimpleCookie`) seed the jar as cookies of the first URL's origin
+(scheme, host and port), so they are sent on every hop to that origin but not to another
+host (a subdomain included), port or scheme a redirect points at. Each response's
+``Set-Cookie`` headers are added with the stdlib's usual domain, path, expiry and secure
+rules. A task that starts without cookies and never gets one costs nothing: the jar is only
+made when needed.
 """
 
 from __future__ import annotations
 
 import logging
 import urllib.request
-from http.cookiejar import Cookie, CookieJar, eff_request_host
+from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy, eff_request_host
 from http.cookies import CookieError, SimpleCookie
 
+from .request import url_origin
+
 logger = logging.getLogger(__name__)
+
+_ORIGIN = "spiderflow-origin"   # the nonstandard attribute that binds a task's cookie to its origin
+
+
+def _origin_key(url: str) -> str:
+    scheme, host, port = url_origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
+class _Policy(DefaultCookiePolicy):
+    """The stdlib's rules, and a task's own cookies only for the origin they were given for."""
+
+    def return_ok(self, cookie: Cookie, request: urllib.request.Request) -> bool:
+        origin = cookie.get_nonstandard_attr(_ORIGIN)
+        if origin is not None and origin != _origin_key(request.full_url):
+            return False
+        return super().return_ok(cookie, request)
 
 
 class _Response:
@@ -51,14 +71,15 @@ def new_jar(url: str, cookies: dict[str, str] | None = None, cookie_header: str 
         seed.update({str(k): str(v) for k, v in cookies.items()})
     if not seed:
         return None
-    jar = CookieJar()
+    jar = CookieJar(_Policy())
     _, host = eff_request_host(urllib.request.Request(url))
+    origin = _origin_key(url)
     for name, value in seed.items():
         jar.set_cookie(Cookie(
             version=0, name=name, value=value, port=None, port_specified=False,
             domain=host, domain_specified=False, domain_initial_dot=False,
             path="/", path_specified=False, secure=False, expires=None, discard=True,
-            comment=None, comment_url=None, rest={},
+            comment=None, comment_url=None, rest={_ORIGIN: origin},
         ))
     return jar
 

@@ -105,7 +105,7 @@ class Fetcher:
         fetch on a helper thread (blocking the caller, as a synchronous call does).
         """
         async def once() -> FetchResult:
-            transport = Transport(self.use_curl, _SYNC_CLIENTS, self.robots)
+            transport = Transport(self.use_curl, _SYNC_CLIENTS, self.robots, self.settings.block_private_addresses)
             try:
                 return await self._fetch(task, transport)
             finally:
@@ -272,7 +272,8 @@ class Fetcher:
         if transport is None or transport.loop is not loop:
             if transport is not None:
                 self.close()
-            transport = self._transport = Transport(self.use_curl, max(1, self.settings.poolsize), self.robots)
+            transport = self._transport = Transport(self.use_curl, max(1, self.settings.poolsize), self.robots,
+                                                    self.settings.block_private_addresses)
         return transport
 
     # -- one fetch -----------------------------------------------------------------------

@@ -3,8 +3,10 @@
 :func:`build_spec` resolves every ``Fetch`` option against the fetcher's settings once per
 task (params merged into the query, form or multipart or raw body, user agent, conditional
 headers from the previous fetch's track, proxy choice). :func:`redirect_target` applies the
-method rules of 301/302/303/307/308 to a spec for the next hop. ``data:`` URLs (RFC 2397)
-are decoded by :func:`decode_data_url` without any network. Nothing here does I/O.
+method rules of 301/302/303/307/308 to a spec for the next hop and keeps the task's headers
+on their origin. Methods and header fields are checked here, so nothing malformed is sent.
+``data:`` URLs (RFC 2397) are decoded by :func:`decode_data_url` without any network.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import binascii
 import functools
 import mimetypes
+import re
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,7 +29,7 @@ from urllib.parse import (
     urlunsplit,
 )
 
-from ..exceptions import FetchOptionError
+from ..exceptions import FetchOptionError, redact_url
 from ..message import Task
 from ..settings import Settings
 
@@ -35,6 +38,14 @@ REDIRECT_CODES = frozenset((301, 302, 303, 307, 308))
 
 _PROXY_SCHEMES = {"http": 1080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
 _BODY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding")
+#: The only headers that go on to another origin (scheme, host, port) when a redirect leads there:
+#: the task's others (Authorization, Proxy-Authorization, API keys, conditional headers) stay behind.
+CROSS_ORIGIN_HEADERS = frozenset(("User-Agent", "Accept", "Accept-Language", "Accept-Encoding", *_BODY_HEADERS))
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: RFC 9110 token: a method or a header name
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: control characters a field value must not hold (RFC 9110 allows HTAB only)
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +99,11 @@ def parse_proxy(url: str) -> Proxy:
     if scheme not in _PROXY_SCHEMES:
         raise FetchOptionError(f"unsupported proxy scheme {scheme!r}; use one of {', '.join(_PROXY_SCHEMES)}")
     if not parts.hostname:
-        raise FetchOptionError(f"proxy URL {url!r} has no host")
+        raise FetchOptionError(f"proxy URL {redact_url(url)!r} has no host")
     try:
         port = parts.port or _PROXY_SCHEMES[scheme]
     except ValueError as exc:
-        raise FetchOptionError(f"bad proxy port in {url!r}") from exc
+        raise FetchOptionError(f"bad proxy port in {redact_url(url)!r}") from exc
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else ("" if user is not None else None)
     return Proxy(scheme, parts.hostname, port, user, password)
@@ -172,6 +183,34 @@ def encode_multipart(data: dict[str, Any] | None, files: dict[str, Any]) -> tupl
     return f"multipart/form-data; boundary={boundary}", b"".join(parts)
 
 
+def check_method(method: str) -> str:
+    """*method* if it is an RFC 9110 token (so no space, CR or LF can reach the request line)."""
+    if not _TOKEN.fullmatch(method):
+        raise FetchOptionError(f"invalid HTTP method {method!r}: a method is a token of letters, digits "
+                               "and !#$%&'*+-.^_`|~")
+    return method
+
+
+def check_header(name: str, value: str) -> None:
+    """Raise FetchOptionError for a header name that is not a token or a value with CR, LF, NUL or another control."""
+    if not _TOKEN.fullmatch(name):
+        raise FetchOptionError(f"invalid header name {name!r}: a header name is a token (no space, colon, CR or LF)")
+    if _CTL.search(value):
+        raise FetchOptionError(f"invalid value for header {name}: {value!r} holds a control character "
+                               "(CR, LF, NUL, ...)")
+
+
+def url_origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of *url*, the port filled in for http and https."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
 def _conditional(option: str | bool, track_fetch: dict[str, Any], key: str) -> str | None:
     if option is True:
         value = track_fetch.get(key)
@@ -182,7 +221,7 @@ def _conditional(option: str | bool, track_fetch: dict[str, Any], key: str) -> s
 def build_spec(task: Task, settings: Settings, accept_encoding: str) -> RequestSpec:
     """Resolve *task*'s fetch options against *settings*; raise FetchOptionError if they are unusable."""
     fetch = task.fetch
-    method = (fetch.method or "GET").upper()
+    method = check_method((fetch.method or "GET").upper())
     headers: dict[str, str] = {}
     if fetch.headers:
         for name, value in fetch.headers.items():
@@ -218,6 +257,12 @@ def build_spec(task: Task, settings: Settings, accept_encoding: str) -> RequestS
     last_modified = _conditional(fetch.last_modified, task.track.fetch, "last_modified")
     if last_modified and "If-Modified-Since" not in headers:
         headers["If-Modified-Since"] = last_modified
+    for name, value in headers.items():
+        check_header(name, value)
+    if cookie_header is not None:
+        check_header("Cookie", cookie_header)
+    for name, value in (fetch.cookies or {}).items():
+        check_header("Cookie", f"{name}={value}")
 
     proxy_url = settings.proxy if fetch.proxy is None or fetch.proxy is True else fetch.proxy
     proxy = parse_proxy(proxy_url) if proxy_url else None
@@ -236,20 +281,21 @@ def redirect_target(spec: RequestSpec, status: int, location: str) -> RequestSpe
     """The spec of the hop after a *status* redirect to *location* (resolved against spec.url).
 
     301/302 turn POST into GET, 303 turns anything but HEAD into GET (the body is dropped
-    with its headers); 307/308 keep method and body. Authorization is dropped when the
-    origin changes. Raises FetchOptionError for a target that is not http(s).
+    with its headers); 307/308 keep method and body. When the origin (scheme, host, port)
+    changes, only :data:`CROSS_ORIGIN_HEADERS` go on: Authorization, Proxy-Authorization and
+    every other header the task gave stay behind (the task's cookies, in the jar, are bound
+    to its first URL's origin). Raises FetchOptionError for a target that is not http(s).
     """
     url = iri_to_uri(urljoin(spec.url, location.strip())).partition("#")[0]
-    new, old = urlsplit(url), urlsplit(spec.url)
-    if new.scheme not in ("http", "https"):
+    if urlsplit(url).scheme not in ("http", "https"):
         raise FetchOptionError(f"redirect to unsupported URL {url!r}")
     method, body, headers = spec.method, spec.body, dict(spec.headers)
     if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         method, body = "GET", None
         for name in _BODY_HEADERS:
             headers.pop(name, None)
-    if (new.scheme, new.netloc.lower()) != (old.scheme, old.netloc.lower()):
-        headers.pop("Authorization", None)
+    if url_origin(url) != url_origin(spec.url):
+        headers = {name: value for name, value in headers.items() if name in CROSS_ORIGIN_HEADERS}
     return replace(spec, url=url, method=method, body=body, headers=headers)
 
 
@@ -277,5 +323,6 @@ def decode_data_url(url: str) -> tuple[str, bytes]:
     return content_type, raw
 
 
-__all__ = ["FetchOptionError", "Proxy", "REDIRECT_CODES", "RequestSpec", "build_spec", "decode_data_url",
-           "encode_multipart", "iri_to_uri", "merge_params", "normalize_name", "parse_proxy", "redirect_target"]
+__all__ = ["CROSS_ORIGIN_HEADERS", "FetchOptionError", "Proxy", "REDIRECT_CODES", "RequestSpec", "build_spec",
+           "check_header", "check_method", "decode_data_url", "encode_multipart", "iri_to_uri", "merge_params",
+           "normalize_name", "parse_proxy", "redirect_target", "url_origin"]

@@ -5,9 +5,10 @@ directly (:class:`~.curl.CurlClient`) when pycurl imports, else tornado's
 ``SimpleAsyncHTTPClient`` with a warning.
 :meth:`Transport.fetch` sends a :class:`~.request.RequestSpec` and follows redirects itself
 (libcurl's FOLLOWLOCATION stays off) so that every hop's Set-Cookie lands in the task's
-cookie jar and robots.txt is checked for every hop. Every failure becomes a FetchResult:
-transport errors (DNS, refused, timeout, TLS, a proxy that fails) are status 599 with the
-client's error text.
+cookie jar and robots.txt is checked for every hop; with ``block_private_addresses`` every
+hop's address is checked too (:mod:`.addresses`). Every failure becomes a FetchResult:
+transport errors (DNS, refused, timeout, TLS, a proxy that fails, a blocked address) are
+status 599 with the client's error text.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import asyncio
 import logging
 import time
 from http.cookiejar import CookieJar
+from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import HTTPStreamClosedError, SimpleAsyncHTTPClient
 
 from ..exceptions import ConfigError
 from ..message import FetchResult
+from .addresses import BlockedAddress, BlockingResolver, ConnectGuard, check_host
 from .body import ACCEPT_ENCODING, BodyLimitReached, ResponseSink
 from .cookies import cookie_header, extract, jar_dict
-from .request import REDIRECT_CODES, FetchOptionError, RequestSpec, redirect_target
+from .request import REDIRECT_CODES, FetchOptionError, RequestSpec, redirect_target, url_origin
 from .robots import RobotsCache
 
 try:
@@ -63,8 +66,12 @@ def _not_our_abort(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], BodyLimitReached))
 
 
-def make_client(use_curl: bool, max_clients: int) -> CurlClient | AsyncHTTPClient:
-    """A new client of our own on the running loop (tornado's: ``force_instance``)."""
+def make_client(use_curl: bool, max_clients: int, resolver: BlockingResolver | None = None
+                ) -> CurlClient | AsyncHTTPClient:
+    """A new client of our own on the running loop (tornado's: ``force_instance``).
+
+    *resolver* is the simple client's (curl checks addresses per request, see :mod:`.addresses`).
+    """
     if use_curl:
         return CurlClient(max_clients)
     # The simple client can only be stopped mid-body by an exception from the streaming
@@ -73,12 +80,15 @@ def make_client(use_curl: bool, max_clients: int) -> CurlClient | AsyncHTTPClien
     if _not_our_abort not in app_log.filters:
         app_log.addFilter(_not_our_abort)
     # the body limit is ours (ResponseSink); tornado's own would refuse a big body outright
-    return SimpleAsyncHTTPClient(force_instance=True, max_clients=max_clients, max_body_size=1 << 62)
+    return SimpleAsyncHTTPClient(force_instance=True, max_clients=max_clients, max_body_size=1 << 62,
+                                 resolver=resolver)
 
 
 def _error_text(error: BaseException | None) -> str:
     if error is None:
         return "no HTTP response"
+    if isinstance(error, BlockedAddress):
+        return str(error)
     if CurlError is not None and isinstance(error, CurlError):
         return str(error)
     if isinstance(error, HTTPStreamClosedError):
@@ -90,16 +100,23 @@ def _error_text(error: BaseException | None) -> str:
 
 
 class Transport:
-    """One HTTP client on one loop; :meth:`fetch` runs a task's request chain."""
+    """One HTTP client on one loop; :meth:`fetch` runs a task's request chain.
 
-    def __init__(self, use_curl: bool, max_clients: int, robots: RobotsCache):
+    With *block_private*, no request reaches an address that is not public (see :mod:`.addresses`).
+    """
+
+    def __init__(self, use_curl: bool, max_clients: int, robots: RobotsCache, block_private: bool = False):
         self.use_curl = use_curl
+        self.block_private = block_private
         self.loop = asyncio.get_running_loop()
-        self.client = make_client(use_curl, max_clients)
+        self._resolver = BlockingResolver() if block_private and not use_curl else None
+        self.client = make_client(use_curl, max_clients, self._resolver)
         self.robots = robots
 
     def close(self) -> None:
         self.client.close()
+        if self._resolver is not None:
+            self._resolver.close()
 
     async def fetch(self, spec: RequestSpec, jar: CookieJar | None, orig_url: str) -> FetchResult:
         """Send *spec*, following redirects; never raises for HTTP or network failures."""
@@ -156,10 +173,18 @@ class Transport:
         sink = ResponseSink(spec.max_body_size, spec.use_gzip, no_proxy=proxy is None,
                             proxy_insecure=proxy is not None and proxy.scheme == "https" and not spec.validate_cert)
         connect_timeout = min(spec.connect_timeout, timeout)
+        guard, blocked = await self._guard(spec, connect_timeout) if self.block_private else (None, None)
+        if blocked:
+            return sink, blocked
+        prepare = sink.prepare_curl
+        if guard is not None:
+            def prepare(curl: Any) -> None:
+                sink.prepare_curl(curl)
+                guard.install(curl)
         try:
             if self.use_curl:
                 await self.client.fetch(spec.url, spec.method, spec.headers, spec.body, connect_timeout, timeout,
-                                        spec.validate_cert, proxy, sink.prepare_curl)
+                                        spec.validate_cert, proxy, prepare)
                 response = None
             else:
                 # (tornado's fetch() copies the headers into its own HTTPHeaders: spec.headers stays as is)
@@ -176,10 +201,26 @@ class Transport:
             # (a body cut at the limit, or one that does not decode)
             if sink.truncated and sink.status:
                 return sink, None
-            return sink, sink.error or _error_text(exc)
+            blocked = guard.error() if guard is not None else None
+            return sink, blocked or sink.error or _error_text(exc)
+        finally:
+            if guard is not None:
+                guard.close()
         if not sink.status:  # pragma: no cover - a response without a status line
             return sink, _error_text(response.error if response is not None else None)
         return sink, None
+
+    async def _guard(self, spec: RequestSpec, timeout: float) -> tuple[ConnectGuard | None, str | None]:
+        """block_private_addresses for curl: a guard for a direct connection, the target's check behind a proxy.
+
+        (The simple client checks in its resolver, and has no proxies.)
+        """
+        if not self.use_curl:
+            return None, None
+        _, host, port = url_origin(spec.url)
+        if spec.proxy is None:
+            return ConnectGuard(host), None
+        return None, await check_host(host, port or 0, timeout)
 
     async def _robots_allow(self, spec: RequestSpec) -> bool:
         async def fetch_robots(robots_url: str) -> FetchResult:

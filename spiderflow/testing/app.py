@@ -14,6 +14,7 @@ import base64
 import binascii
 import collections
 import email.utils
+import functools
 import gzip
 import json
 import logging
@@ -289,6 +290,37 @@ class _BadGzip(_Handler):
         self.send(b"this is not gzip data, whatever the header says\n" * 8)
 
 
+@functools.lru_cache(maxsize=8)
+def _bomb(coding: str, mib: int) -> bytes:
+    """*mib* MiB of zeros under the comma-separated *coding* (applied left to right), made in 1 MiB steps."""
+    body = b"\0" * 2**20
+    steps = mib
+    for name in coding.split(","):
+        if name == "br":
+            packer = brotli.Compressor(quality=5)
+            parts = [packer.process(body) for _ in range(steps)] + [packer.finish()]
+        else:
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31 if name == "gzip" else 15)
+            parts = [packer.compress(body) for _ in range(steps)] + [packer.flush()]
+        body, steps = b"".join(parts), 1
+    return body
+
+
+class _Bomb(_Handler):
+    """A decompression bomb: ``mib`` MiB of zeros [256] in a small body under ``coding`` (``br``, ``gzip,br``...)."""
+
+    def get(self) -> None:
+        coding = self.get_query_argument("coding", "gzip")
+        names = coding.split(",")
+        if not 1 <= len(names) <= 4 or not set(names) <= {"gzip", "deflate", "br"}:
+            raise HTTPError(400, "coding is a comma-separated list of gzip, deflate and br")
+        if "br" in names and brotli is None:
+            raise HTTPError(501, "the brotli module is not installed")
+        body = _bomb(coding, self.int_arg("mib", 256, 1, 4096))
+        self.set_header("Content-Encoding", ", ".join(names))
+        self.send(body, "application/octet-stream")
+
+
 class _SlowBody(_Handler):
     """Headers (with the full Content-Length) at once, then 10 bytes every 0.1 s for ``seconds``."""
 
@@ -498,6 +530,7 @@ def make_app(hits: collections.Counter | None = None) -> Application:
         (r"/deflate", _Compressed, {"encoding": "deflate"}),
         (r"/brotli", _Compressed, {"encoding": "br"}),
         (r"/hostile/bad-gzip", _BadGzip),
+        (r"/hostile/bomb", _Bomb),
         (r"/hostile/close", _hostile_close),
         (r"/hostile/garbage", _hostile_garbage),
         (r"/hostile/slow-body", _SlowBody),

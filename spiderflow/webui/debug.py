@@ -26,7 +26,7 @@ DEBUG_ENV = {"debugger": True}
 MAX_TEXT = 2 * 1024 * 1024
 #: The settings a debug worker gets: how to fetch and process, never a database or a credential.
 WORKER_SETTINGS = ("timeout", "connect_timeout", "user_agent", "proxy", "max_body_size", "max_redirects",
-                   "robots_txt_ttl", "process_time_limit", "log_tail")
+                   "robots_txt_ttl", "process_time_limit", "log_tail", "block_private_addresses")
 _DEFAULTS = {"schedule": Schedule().to_dict(), "fetch": Fetch().to_dict(), "process": Process().to_dict()}
 
 
