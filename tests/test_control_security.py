@@ -304,6 +304,19 @@ def test_nan_and_infinity_are_refused_naming_the_field(h, ctl, raw, field):
     assert h.taskdb.get_task("p", md5_taskid("http://a/x")) is None
 
 
+@pytest.mark.parametrize("raw, field", [
+    ('{"project": "p", "url": "http://a/\\ud800"}', "'url'"),
+    ('{%s, "fetch": {"save": {"k": ["ok", "\\udfff"]}}}' % TASK, "'fetch.save.k[1]'"),
+    ('{%s, "fetch": {"headers": {"\\ud800": "v"}}}' % TASK, "'fetch.headers.\\ud800'"),
+])
+def test_a_lone_surrogate_is_refused_naming_the_field(h, ctl, raw, field):
+    """It could be neither packed nor stored: accepted, it would fail the scheduler's every write."""
+    status, body, _ = request(ctl.port, "POST", "/api/newtask", raw.encode(),
+                              headers={"Content-Type": "application/json"}, token=ctl.token)
+    assert status == 400 and field in body["error"] and "not valid Unicode" in body["error"], body
+    received_nothing(h)
+
+
 @pytest.mark.parametrize("task, field", [
     ({"schedule": {"exetime": 10 ** 30}}, "schedule.exetime"),
     ({"schedule": {"age": -(10 ** 20)}}, "schedule.age"),

@@ -90,3 +90,10 @@ def test_the_web_ui_refuses_non_finite_numbers_in_a_body(dbs, client, raw):
     answer = client.request("PATCH", "/api/projects/p", data=raw, headers={"Content-Type": "application/json"})
     assert answer.status == 400 and "is not a JSON number" in answer.json["error"]
     assert dbs.projectdb.get("p")["rate"] == 1.0
+
+
+@pytest.mark.parametrize("raw", [b'{"script": "x = \\"\\ud800\\""}', b'{"comments": "\\udfff"}'])
+def test_the_web_ui_refuses_a_lone_surrogate_with_400_not_500(dbs, client, raw):
+    add_project(dbs, "p")
+    answer = client.request("PATCH", "/api/projects/p", data=raw, headers={"Content-Type": "application/json"})
+    assert answer.status == 400 and "not valid Unicode" in answer.json["error"]

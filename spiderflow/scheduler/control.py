@@ -160,13 +160,19 @@ def parse_body(raw: bytes) -> Any:
         raise ValueError(f"request body is nested too deeply (more than {MAX_DEPTH} levels)") from None
     except ValueError as exc:
         raise ValueError(f"request body is not JSON: {exc}") from None
+    escapes = b"\\u" in (raw or b"")    # only a \\u escape can make a lone surrogate
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise ValueError(f"request body is nested too deeply (more than {MAX_DEPTH} levels)")
         if isinstance(item, dict):
+            if escapes:
+                for k in item:
+                    _check_text(k, f"{path}.{k}" if path else k)
             stack.extend((v, f"{path}.{k}" if path else k, depth + 1) for k, v in item.items())
+        elif escapes and isinstance(item, str):
+            _check_text(item, path)
         elif isinstance(item, list):
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
         elif isinstance(item, _NonFinite):
@@ -174,6 +180,14 @@ def parse_body(raw: bytes) -> Any:
         elif type(item) is int and not -2 ** 63 <= item < 2 ** 64:
             raise ValueError(f"field {path or '(the body)'!r} is an integer beyond 64 bits")
     return value
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"field {path or '(the body)'!r} holds text that is not valid Unicode "
+                         f"({exc.object[exc.start:exc.end]!r}, a lone surrogate); send UTF-8 text") from None
 
 
 def _json_type(value: Any) -> str:

@@ -309,9 +309,16 @@ class ApiHandler(BaseHandler):
 
     def body(self) -> Any:
         try:
-            return json.loads(self.request.body or b"null", parse_constant=_no_constant)
+            value = json.loads(self.request.body or b"null", parse_constant=_no_constant)
         except ValueError as exc:
             raise fail(400, f"the request body is not JSON: {exc}") from None
+        if b"\\u" in self.request.body:   # only an escape can make a lone surrogate
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise fail(400, f"the request body holds text that is not valid Unicode ({exc.reason}: "
+                                f"{exc.object[exc.start:exc.end]!r}); send UTF-8 text") from None
+        return value
 
     def body_object(self) -> dict[str, Any]:
         body = self.body()
