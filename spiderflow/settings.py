@@ -100,8 +100,14 @@ class Settings:
     result_sink: str | None = None             # resultdb (default), jsonl, an entry point name, or module:Class
 
     # -- nodes -------------------------------------------------------------------
-    heartbeat_interval: float = 10.0           # seconds between node heartbeats; 0: processes don't register
-    node_timeout: float = 60.0                 # a node whose last heartbeat is older is offline
+    heartbeat_interval: float = 30.0           # seconds between node heartbeats; 0: processes don't register
+    node_timeout: float = 300.0                # a node whose last heartbeat is older is offline
+    node_id: str | None = None                 # a stable id in the registry (--node-id); None: a new one per start.
+                                               # For `all`/`standalone` the device's id; its components get ID/kind#N
+    node_name: str | None = None               # the name shown [the id; a device: the host name]
+    device_id: str | None = None               # the device a component belongs to (set by all/standalone)
+    node_history_keep: float = 24 * 3600.0     # seconds of heartbeat history kept
+    monitoring: bool = False                   # log each heartbeat's health and the nodes that go offline
 
     # -- web UI ------------------------------------------------------------------
     webui_host: str = "127.0.0.1"

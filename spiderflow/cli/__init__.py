@@ -1,7 +1,7 @@
 """The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.runtime`.
 
 One module per command family: ``components`` (scheduler, fetcher, processor,
-result-worker), ``one``, ``all``, ``project``, ``export``, ``demo_site``, ``nodes``, ``queue``; shared options in
+result-worker), ``one``, ``all``, ``standalone``, ``project``, ``export``, ``demo_site``, ``nodes``, ``queue``; shared options in
 ``options``.
 
 Settings are resolved once here (flag > ``SPIDERFLOW_*`` environment > ``-c`` config
@@ -31,7 +31,7 @@ LOG_FORMAT = "[%(levelname).1s %(asctime)s %(process)d %(name)s] %(message)s"
 #: the commands that run until stopped: a stop signal before they can stop warmly is logged
 #: and ends them cleanly (:func:`spiderflow.runtime.signals.starting`); the others keep the
 #: default handling of signals
-SERVING_COMMANDS = frozenset({"one", "all", "scheduler", "fetcher", "processor", "result-worker", "webui"})
+SERVING_COMMANDS = frozenset({"one", "all", "standalone", "scheduler", "fetcher", "processor", "result-worker", "webui"})
 
 
 def setup_logging(level: str) -> None:
@@ -100,10 +100,13 @@ def show_config(ctx: click.Context) -> None:
 
 def _register() -> None:
     from . import all as all_cmd
-    from . import bench, components, demo_site, export, nodes, one, project, queue, webui
-    for module in (one, all_cmd, components, project, export, demo_site, webui, bench, nodes, queue):
+    from . import bench, components, demo_site, export, nodes, one, project, queue, standalone, webui
+    from .options import node_options
+    for module in (one, all_cmd, standalone, components, project, export, demo_site, webui, bench, nodes, queue):
         for command in module.COMMANDS:
             main.add_command(command)
+    for command in (all_cmd.COMMANDS + components.COMMANDS + webui.COMMANDS):   # every serving command's node
+        node_options(command)
 
 
 _register()

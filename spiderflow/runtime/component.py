@@ -112,7 +112,7 @@ def run_webui(settings: Settings, queues: dict[str, BaseQueue]) -> None:
     server = build_webui(settings, queues=queues)
     install_stop_signals(server.stop, "webui", sigint=False)
     logger.info("web UI on %s", server.url)
-    node = start_node("webui", settings)
+    node = start_node("webui", settings, port=server.port)
     try:
         server.run()
     finally:

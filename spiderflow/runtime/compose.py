@@ -20,7 +20,8 @@ from ..storage import Databases, connect_nodedb, open_databases
 
 __all__ = ["COMPONENTS", "LOCAL_QUEUES", "Databases", "open_databases", "open_queues", "queue_scheme",
            "build_scheduler", "build_fetcher", "build_processor", "build_result_worker", "build_component",
-           "start_node", "node_lister", "control_client", "check_port_free", "scheduler_lock"]
+           "start_node", "start_device", "component_settings", "node_lister", "control_client", "check_port_free",
+           "scheduler_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,20 +100,54 @@ def build_component(kind: str, settings: Settings, queues: dict[str, BaseQueue],
 
 # -- nodes: every component process registers and heartbeats (spiderflow.nodes) -------------------
 
-def start_node(kind: str, settings: Settings, component: Any = None, *, name: str | None = None):
+def start_node(kind: str, settings: Settings, component: Any = None, *, name: str | None = None,
+               port: int | None = None, capabilities: dict[str, Any] | None = None, aggregate: bool = False):
     """Register this process as a node of *kind* and start its heartbeat thread.
 
-    The registry is in the projectdb database. Returns the :class:`~spiderflow.nodes.Node`
-    (``stop()`` it on a warm shutdown), or None when ``heartbeat_interval`` is 0.
+    The registry is in the projectdb database. The node's id and name are ``node_id`` and
+    ``node_name`` (a new random id when unset: see :mod:`spiderflow.nodes`); a ``node_id``
+    that belongs to another live node raises ConfigError. Returns the
+    :class:`~spiderflow.nodes.Node` (``stop()`` it on a warm shutdown), or None when
+    ``heartbeat_interval`` is 0.
     """
     if settings.heartbeat_interval <= 0:
         return None
     from ..nodes import COMPONENT_STATS, Node
+    from ..nodes import capabilities as node_capabilities
     stats = COMPONENT_STATS.get(kind)
     url = settings.db_url("projectdb")
-    return Node(lambda: connect_nodedb(url), kind, name=name,
+    if port is None:
+        port = {"scheduler": settings.scheduler_port, "webui": settings.webui_port}.get(kind)
+    return Node(lambda: connect_nodedb(url), kind, name=name or settings.node_name, node_id=settings.node_id,
+                device=settings.device_id,
                 stats=(lambda: stats(component)) if stats and component is not None else None,
-                interval=settings.heartbeat_interval, timeout=settings.node_timeout).start()
+                interval=settings.heartbeat_interval, timeout=settings.node_timeout, data_dir=settings.data_dir,
+                port=port, capabilities=capabilities or node_capabilities([kind], settings.poolsize),
+                aggregate=aggregate, history_keep=settings.node_history_keep,
+                monitoring=settings.monitoring).start()
+
+
+def start_device(settings: Settings, kinds: list[str]):
+    """The node of this machine for ``all``/``standalone`` when ``node_id`` names one (else None):
+    kind ``device``, named after the host unless ``node_name`` says otherwise, its stats the
+    sums over its components; ConfigError if the id belongs to another live node."""
+    if not settings.node_id:
+        return None
+    from ..nodes import capabilities, check_node_id
+    check_node_id(settings.node_id, "the device id")
+    device = settings.replace(device_id=settings.node_id, node_name=settings.node_name or socket.gethostname())
+    return start_node("device", device, capabilities=capabilities(kinds, settings.poolsize), aggregate=True,
+                      port=settings.webui_port if "webui" in kinds else None)
+
+
+def component_settings(settings: Settings, kind: str, index: int) -> Settings:
+    """The settings of component *kind* number *index* of ``all``: on a device (``node_id``),
+    the node ``ID/kind#index`` of that device (the device's node alone does the monitoring)."""
+    if not settings.node_id:
+        return settings
+    from ..nodes import component_identity
+    node_id, name = component_identity(settings.node_id, settings.node_name, kind, index)
+    return settings.replace(node_id=node_id, node_name=name, device_id=settings.node_id, monitoring=False)
 
 
 def node_lister(settings: Settings) -> Callable[[bool], list[dict[str, Any]]]:

@@ -17,7 +17,7 @@ from ..queues import BaseQueue, connect_queues
 from ..settings import Settings
 from ..storage import connect_taskdb, open_databases
 from .component import run_component, run_webui
-from .compose import check_port_free, queue_scheme, scheduler_lock
+from .compose import check_port_free, component_settings, queue_scheme, scheduler_lock, start_device
 from .scripts import check_script, store_project
 from .signals import die_with_parent, install_stop_signals, starting
 
@@ -59,6 +59,8 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
     queues = connect_queues(queue_url, settings.queue_bounds(), prefix=settings.queue_prefix, **kwargs)
     plan = [("scheduler", 1), ("fetcher", settings.fetcher_num), ("processor", settings.processor_num),
             ("result-worker", settings.result_worker_num)] + ([("webui", 1)] if webui else [])
+    # with a node_id, this machine is a device: its node here, its components ID/kind#N (refused if taken)
+    device = start_device(settings, [kind for kind, _ in plan])
     supervisor = Supervisor(ctx, settings, queues)
     try:   # from the first child on: a stop during start-up stops the children started so far
         for kind, count in plan:
@@ -87,6 +89,8 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
                     quiet_since = None
     finally:
         supervisor.stop_all()
+        if device is not None:
+            device.stop()
         for q in queues.values():
             q.close()
     return 0
@@ -125,7 +129,8 @@ class Supervisor:
         self.stopping = False
 
     def start(self, kind: str, index: int) -> None:
-        proc = self.ctx.Process(target=self.target, args=(kind, self.settings, self.queues),
+        proc = self.ctx.Process(target=self.target, args=(kind, component_settings(self.settings, kind, index),
+                                                          self.queues),
                                 name=f"spiderflow-{kind}-{index}", daemon=False)
         proc.start()
         self.procs[(kind, index)] = proc

@@ -27,7 +27,7 @@ import tornado.web
 from ..scheduler.control import ControlClient
 from ..settings import Settings
 from ..storage import open_databases
-from . import api, auth, dashboard, debugger, results, tasks
+from . import api, auth, dashboard, debugger, metrics, results, tasks
 from .auth import Auth, check_webui_settings, server_tls
 from .base import ApiNotFoundHandler, NotFoundHandler
 from .debug_worker import Debugger
@@ -79,6 +79,7 @@ def routes() -> list[tuple[str, type]]:
         (r"/task/([^/]+)/(.+)", tasks.TaskPage),
         (r"/results/([^/]+)", results.ResultsPage),
         (r"/nodes", dashboard.NodesPage),
+        (r"/metrics", metrics.MetricsHandler),
         (r"/login", auth.LoginHandler),
         (r"/logout", auth.LogoutHandler),
         (r"/api/xsrf", api.XsrfHandler),
@@ -94,6 +95,7 @@ def routes() -> list[tuple[str, type]]:
         (r"/api/counters", api.CountersHandler),
         (r"/api/queues", api.QueuesHandler),
         (r"/api/nodes", api.NodesHandler),
+        (r"/api/nodes/([^/]+)/history", metrics.NodeHistoryHandler),
         (r"/api/.*", ApiNotFoundHandler),
     ]
 

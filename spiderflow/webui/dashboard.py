@@ -23,6 +23,7 @@ QUEUE_GROUPS = (
     ("processor → result worker", ("processor2result",)),
 )
 REFRESH_SECONDS = 3
+NODES_REFRESH_SECONDS = 15
 SEGMENTS = ("success", "retry", "failed", "pending")
 
 
@@ -67,10 +68,17 @@ class DashboardPage(PageHandler):
 
 
 class NodesPage(PageHandler):
+    """``/nodes``: the components this web UI sees, and every node with its health and charts of the last hour."""
+
     async def get(self) -> None:
+        from .metrics import CHART_SECONDS, node_charts, node_histories
         size = await self.state.scheduler.get("size", default=None)
         self.scheduler_status = self.state.scheduler.status
         sizes = queue_sizes(self.state)
         nodes = await list_nodes(self.state, include_offline=True)
-        self.render("nodes.html", active=size, nodes=nodes, now=time.time(), queue_names=QUEUE_NAMES, sizes=sizes,
-                    webui_url=self.request.protocol + "://" + self.request.host)
+        now = time.time()
+        histories = await node_histories(self.state, [n["id"] for n in nodes])
+        charts = {n["id"]: node_charts(histories.get(n["id"], []), now) for n in nodes}
+        self.render("nodes.html", active=size, nodes=nodes, now=now, queue_names=QUEUE_NAMES, sizes=sizes,
+                    webui_url=self.request.protocol + "://" + self.request.host, charts=charts,
+                    chart_minutes=int(CHART_SECONDS // 60), refresh=NODES_REFRESH_SECONDS)
