@@ -63,15 +63,18 @@ def test_create_edit_debug_run_and_download(page, pipeline, httpbin):
     assert pipeline.projectdb.get("linkfarm")["status"] == "TODO"
 
     # -- edit the script: replace it, type a line (auto-indent), save with Ctrl-S -------------------
-    p.fill("#script", SCRIPT.replace("START_URL", repr(start_url)).rstrip())
-    p.click("#script")
+    # the editor is CodeMirror (tests/browser/test_editor.py); its textarea follows every change
+    assert p.get_attribute("#debugger", "data-editor") == "codemirror"
+    p.eval_on_selector("#script", "(t, text) => t.sfEditor.setValue(text)",
+                       SCRIPT.replace("START_URL", repr(start_url)).rstrip())
+    p.click(".editor .CodeMirror-code")
     p.keyboard.press("Control+End")
     p.keyboard.press("Enter")
     p.keyboard.type("# edited in the browser")
     text = p.input_value("#script")
-    assert text.endswith("\n        # edited in the browser")       # Enter kept the indent of the line above
+    assert text.endswith("\n    # edited in the browser")           # Enter after a return dedents a level
     lines = text.count("\n") + 1
-    assert p.text_content("#gutter").split() [-1] == str(lines)
+    assert p.locator(".CodeMirror-code .CodeMirror-linenumber").last.text_content() == str(lines)
     p.keyboard.press("Control+S")
     p.wait_for_selector("#save-status:has-text('saved')")
     assert pipeline.projectdb.get("linkfarm")["script"] == text
@@ -220,6 +223,7 @@ def test_hostile_results_and_urls_render_as_text(page, plain_ui):
     assert p.locator("#task-fields a[href^='javascript']").count() == 0
     p.goto(url + "/debug/xss")
     assert p.input_value("#script") == "# " + XSS
+    assert "# " + XSS in p.text_content(".CodeMirror-code")
     assert p.locator("img").count() == 0
 
 

@@ -109,7 +109,7 @@ def test_a_page_on_another_port_cannot_run_a_script(page, ui, tmp_path, hostile_
 
         # the user debugs a project: the same script runs when the debugger page sends it
         p.goto(ui + "/debug/p")
-        p.fill("#script", marker_script(tmp_path / "legit"))
+        p.eval_on_selector("#script", "(t, text) => t.sfEditor.setValue(text)", marker_script(tmp_path / "legit"))
         p.click("#run")
         p.wait_for_selector("#debugger[data-runs='1']")
         assert (tmp_path / "legit").read_text() == "the script ran"

@@ -12,17 +12,20 @@
   const runStatus = document.getElementById("run-status");
   const saveStatus = document.getElementById("save-status");
   let savedScript = script.value;
+  let editor = null;
 
   /* -- the editor ------------------------------------------------------------------------- */
+  const scriptText = () => (editor ? editor.getValue() : script.value);
+
   function dirty() {
-    const changed = script.value !== savedScript;
+    const changed = scriptText() !== savedScript;
     saveStatus.textContent = changed ? "unsaved changes" : saveStatus.dataset.saved || "";
     document.body.classList.toggle("unsaved", changed);
   }
 
   async function save() {
     if (!editable) { toast("this project is locked: read-only", "error"); return; }
-    const text = script.value;
+    const text = scriptText();
     saveStatus.textContent = "saving...";
     try {
       const answer = await api("PATCH", url`/api/projects/${project}`, {script: text});
@@ -31,17 +34,42 @@
       document.getElementById("project-status").textContent = answer.project.status;
       for (const note of answer.notes || []) toast(note, "info");
       if (!(answer.notes || []).length) toast("saved", "ok");
+      markErrors((answer.notes || []).map(compileErrorLine));
     } catch (error) {
       toast(`not saved: ${error.message}`, "error");
     }
     dirty();
   }
 
-  SFEditor.attach(script, document.getElementById("gutter"), {onSave: save});
-  script.addEventListener("input", dirty);
+  /* The script's lines that an error names: a traceback's innermost frame in the script
+     (`File "<project NAME>", line N`), or a Save note's "does not compile (line N): ...". */
+  const frame = new RegExp(`File "<project ${project}>", line (\\d+)`, "g");   // names are [A-Za-z0-9_-]
+
+  function tracebackLine(text) {
+    const lines = [...String(text || "").matchAll(frame)];
+    if (!lines.length) return null;
+    const last = String(text).trim().split("\n").pop();
+    return {line: Number(lines[lines.length - 1][1]), message: last};
+  }
+
+  function compileErrorLine(note) {
+    const found = /does not compile \(line (\d+)\): (.*)/.exec(note);
+    return found ? {line: Number(found[1]), message: found[2]} : null;
+  }
+
+  function markErrors(errors) {
+    editor.clearErrors();
+    for (const error of errors) if (error) editor.markError(error.line, error.message);
+    root.dataset.errorLines = editor.errorLines().join(" ");
+  }
+
+  editor = SFEditor.attach(script, document.getElementById("gutter"),
+                           {onSave: save, onRun: () => run(), onChange: dirty});
+  root.dataset.editor = editor.kind;
+  savedScript = scriptText();
   document.getElementById("save").addEventListener("click", save);
   window.addEventListener("beforeunload", (event) => {
-    if (script.value !== savedScript) event.preventDefault();
+    if (scriptText() !== savedScript) event.preventDefault();
   });
 
   /* -- tabs ----------------------------------------------------------------------------------- */
@@ -105,6 +133,7 @@
     document.getElementById("exception-text").textContent = report.exception || "";
     document.getElementById("exception-title").textContent =
       report.limit ? `The run hit its ${report.limit} limit` : "The callback failed";
+    markErrors([tracebackLine(report.exception)]);
     showPage(fetched);
     document.getElementById("html-source").textContent = fetched ? fetched.text : "";
     const follows = document.getElementById("follows");
@@ -142,10 +171,11 @@
       return;
     }
     runButton.disabled = true;
+    markErrors([]);
     runStatus.className = "muted";
     runStatus.textContent = "running...";
     try {
-      show(await api("POST", url`/api/debug/${project}`, {task, script: script.value}));
+      show(await api("POST", url`/api/debug/${project}`, {task, script: scriptText()}));
     } catch (error) {
       runStatus.textContent = "";
       toast(error.message, "error");
