@@ -356,10 +356,11 @@ class Schedule(_Message):
     force_update: bool = False
     auto_recrawl: bool = False
     cancel: bool = False
+    job: str | None = None      # the job running the project when the task was dispatched (spiderflow.jobs)
 
     _types: ClassVar[dict[str, Any]] = {
         "priority": int, "retries": int, "retried": int, "exetime": _NUM, "age": _NUM,
-        "itag": _OPT_STR, "force_update": bool, "auto_recrawl": bool, "cancel": bool,
+        "itag": _OPT_STR, "force_update": bool, "auto_recrawl": bool, "cancel": bool, "job": _OPT_STR,
     }
 
 

@@ -128,6 +128,13 @@ class Settings:
     debug_time_limit: float = 60.0             # seconds a debugger Run may take; then its worker is killed
     debug_memory_limit: int = 1024 * 1024 * 1024   # bytes of address space of a Run's worker; 0: no limit
 
+    # -- jobs (one run of a project) and the scrapyd-compatible API -------------------
+    max_proc: int = 0                          # jobs running at once in the cluster; 0: max_proc_per_cpu × CPUs
+    max_proc_per_cpu: int = 4
+    finished_to_keep: int = 100                # finished jobs kept (cluster-wide); older rows are deleted
+    jobs_to_keep: int = 5                      # finished jobs per (project, spider) whose log and items are served
+    projects_dir: str | None = None            # a git checkout of project scripts, for pullcode.json
+
     # -- process counts for `all` ------------------------------------------------
     fetcher_num: int = 1
     processor_num: int = 1

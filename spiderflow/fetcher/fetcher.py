@@ -47,6 +47,7 @@ class Fetcher:
         self.inqueue = inqueue
         self.outqueue = outqueue
         self.settings = settings
+        self.jobs: Any = None    # a spiderflow.jobs.JobWatch when jobs are on (the composition root sets it)
         self.use_curl = resolve_client_kind(http_client)
         self.robots = RobotsCache(settings.robots_txt_ttl, clock=clock)
         self._counters = FetchCounters(clock)
@@ -224,6 +225,11 @@ class Fetcher:
                     logger.error("fetcher: dropping a message that is not a task: %s", exc)
                     delivery.ack()
                     return
+            jobs = self.jobs
+            if jobs is not None and task.schedule.job is not None and jobs.cancelled(task.schedule.job):
+                jobs.drop("fetcher", task)    # nothing of a cancelled job is fetched (spiderflow.jobs)
+                delivery.ack()
+                return
             result = await self._fetch(task, transport)
             item = (task, result)
             try:

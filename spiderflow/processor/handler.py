@@ -101,7 +101,8 @@ class BaseHandler:
     Class attributes a script may set: ``crawl_config`` (default ``self.crawl`` options),
     ``retry_delay`` ({retried: seconds}, ``-1`` or ``''`` for any later retry; empty: the
     scheduler's default). Per task: ``self.task``, ``self.response``, ``self.save`` (a dict
-    reported in the task's track), ``self.project_name``, ``self.logger``.
+    reported in the task's track), ``self.job`` (the job's ``id``, ``args`` and ``settings``
+    when a job runs the project, else None), ``self.project_name``, ``self.logger``.
     """
 
     crawl_config: dict[str, Any] = {}
@@ -127,6 +128,7 @@ class BaseHandler:
     # -- per-task state (set by the processor; a script's __init__ need not call super) ---------
     task: Task | None = None
     response: Response | None = None
+    job: Any = None     # the task's job (spiderflow.jobs.Job: id, args, settings), or None
     save: dict[str, Any] = {}
     _env: dict[str, Any] = {}
     _now: float = 0.0

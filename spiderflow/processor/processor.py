@@ -78,6 +78,7 @@ class Processor:
         self.poll_interval = poll_interval
         self.processed = 0
         self.failed = 0
+        self.jobs: Any = None    # a spiderflow.jobs.JobWatch when jobs are on (the composition root sets it)
         self._stop = threading.Event()
 
     # -- one task, no queues ---------------------------------------------------------------------
@@ -124,6 +125,9 @@ class Processor:
             if project is None:
                 return TaskRun(exception=f"ScriptError: no project named {task.project!r}")
         limit = task.process.time_limit or self.settings.process_time_limit
+        handler = getattr(project, "handler", None)
+        if handler is not None:   # self.job: the job running the project (spiderflow.jobs), or None
+            handler.job = self.jobs.job(task.schedule.job) if self.jobs is not None else None
         return project.run(task, response, time_limit=limit, capture_stdout=self.capture_stdout, now=now)
 
     def _result_packs(self, task: Task, values: list[Any],
@@ -296,7 +300,11 @@ class Processor:
     def _handle_message(self, message: Any) -> None:
         if (isinstance(message, (tuple, list)) and len(message) == 2
                 and isinstance(message[0], Task) and isinstance(message[1], FetchResult)):
-            self.handle(message[0], message[1])
+            task = message[0]
+            if self.jobs is not None and task.schedule.job is not None and self.jobs.cancelled(task.schedule.job):
+                self.jobs.drop("processor", task)   # nothing of a cancelled job is processed or stored
+                return
+            self.handle(task, message[1])
         else:
             logger.error("processor: dropping a message that is not (Task, FetchResult): %.200r", message)
 

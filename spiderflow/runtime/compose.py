@@ -55,24 +55,41 @@ def queue_scheme(settings: Settings, default: str) -> str:
 # -- components ----------------------------------------------------------------------------
 
 def build_scheduler(settings: Settings, queues: dict[str, BaseQueue], dbs: Databases):
+    from ..jobs import connect_jobdb
+    from ..jobs.runner import JobRunner
     from ..scheduler import Scheduler
-    return Scheduler(projectdb=dbs.projectdb, taskdb=dbs.taskdb, resultdb=dbs.resultdb,
-                     newtask_queue=queues["newtask_queue"], status_queue=queues["status_queue"],
-                     out_queue=queues["scheduler2fetcher"], settings=settings)
+    scheduler = Scheduler(projectdb=dbs.projectdb, taskdb=dbs.taskdb, resultdb=dbs.resultdb,
+                          newtask_queue=queues["newtask_queue"], status_queue=queues["status_queue"],
+                          out_queue=queues["scheduler2fetcher"], settings=settings)
+    scheduler.jobs = JobRunner(scheduler, connect_jobdb(settings.db_url("projectdb")), scheduler._clock)
+    return scheduler
+
+
+def job_watch(settings: Settings):
+    """What a fetcher or processor knows of jobs (cancelled ones, arguments), read in the background."""
+    from ..jobs import connect_jobdb
+    from ..jobs.watch import JobWatch
+    return JobWatch(connect_jobdb(settings.db_url("projectdb"))).start()
 
 
 def build_fetcher(settings: Settings, queues: dict[str, BaseQueue] | None = None):
     from ..fetcher import Fetcher
     queues = queues or {}
-    return Fetcher(queues.get("scheduler2fetcher"), queues.get("fetcher2processor"), settings)
+    fetcher = Fetcher(queues.get("scheduler2fetcher"), queues.get("fetcher2processor"), settings)
+    if queues:      # a pipeline's fetcher (not the one-off fetches of `queue check`)
+        fetcher.jobs = job_watch(settings)
+    return fetcher
 
 
 def build_processor(settings: Settings, queues: dict[str, BaseQueue] | None, dbs: Databases):
     from ..processor import Processor
     queues = queues or {}
-    return Processor(inqueue=queues.get("fetcher2processor"), status_queue=queues.get("status_queue"),
-                     newtask_queue=queues.get("newtask_queue"), result_queue=queues.get("processor2result"),
-                     projectdb=dbs.projectdb, settings=settings)
+    processor = Processor(inqueue=queues.get("fetcher2processor"), status_queue=queues.get("status_queue"),
+                          newtask_queue=queues.get("newtask_queue"), result_queue=queues.get("processor2result"),
+                          projectdb=dbs.projectdb, settings=settings)
+    if queues:
+        processor.jobs = job_watch(settings)
+    return processor
 
 
 def build_result_worker(settings: Settings, queues: dict[str, BaseQueue] | None, dbs: Databases | None,

@@ -8,10 +8,11 @@ the control interface turns into 404 and 400.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..exceptions import QueueFull
-from ..message import Task, special_task
+from ..message import ProjectStatus, Task, special_task
 from .checks import coerce_task, make_active
 from .project import RUNNING
 
@@ -69,6 +70,19 @@ class Operations:
         """Schedule the project's on_start; returns its taskid."""
         self.newtask(special_task(project, "on_start", priority=9))
         return "on_start"
+
+    def stop_project(self, p: Any, now: float) -> int:
+        """Set *p* STOP at once (projectdb and memory) and put its tasks in flight back in its
+        queue, where they wait for the project to run again; returns how many. Fetchers and
+        processors drop those they still hold (a cancelled job, see spiderflow.jobs)."""
+        self.projectdb.update(p.name, status=ProjectStatus.STOP)
+        p.status = ProjectStatus.STOP
+        back = 0
+        for task in p.queue.expired(math.inf):
+            self.window.requeue(p, task, now)
+            back += 1
+        self._force_project_check = True
+        return back
 
     def send_message(self, project: str, message: Any) -> None:
         """Send *message* to the project's ``on_message``."""

@@ -63,6 +63,7 @@ class ProjectState:
         self.bucket = TokenBucket(settings.default_rate, settings.default_burst, clock)
         self._bucket_set = False
         self._bad_rate: tuple | None = None       # a rate/burst of projectdb already reported as unusable
+        self.job: str | None = None               # the id of the job running this project (spiderflow.jobs)
         self.queue = TaskQueue()
         self.known: set[str] = set()              # taskids known to be in taskdb (bounded; see newtasks)
         self.specials: deque[Task] = deque()      # _on_get_info, _on_cronjob, _on_message to send

@@ -114,6 +114,7 @@ class Scheduler(NewTasks, Operations):
         self._counters = Counters(clock)
         self._counters_loaded = bool(counter_file) and self._counters.load(counter_file)
         self._last_dump = clock()
+        self.jobs: Any = None      # a spiderflow.jobs.JobRunner when jobs are on (the composition root sets it)
 
     # ==================================================================================
     # the loop
@@ -124,6 +125,8 @@ class Scheduler(NewTasks, Operations):
             self._work = 0
             self._update_projects(now)
             self._check_task_done(now)
+            if self.jobs is not None:
+                self.jobs.tick(now)
             self._check_requests(now)
             self._check_cronjob(now)
             self._check_select(now)
@@ -400,6 +403,8 @@ class Scheduler(NewTasks, Operations):
             event = self._task_done(p, task, track, now)
         else:
             event = self._task_failed(p, task, track, now)
+        if self.jobs is not None and task.schedule.job is not None:
+            self.jobs.on_status(task.schedule.job, ok, track)
         p.active.appendleft((now, event, task, track))
         p.record_result(ok, now, self.settings)
 
@@ -586,7 +591,10 @@ class Scheduler(NewTasks, Operations):
         """Send *tasks* in order; those that do not fit go back. Returns (sent, out_queue full)."""
         deadline = now + self.settings.lease_time
         sent = 0
+        job = p.job
         for i, task in enumerate(tasks):
+            if task.schedule.job != job:    # the job running the project now (spiderflow.jobs)
+                task.schedule = dataclasses.replace(task.schedule, job=job)
             try:
                 self._send(p.join_crawl_config(task))
             except QueueError:          # full, or the broker is away: the rest go back, in order
@@ -632,6 +640,7 @@ class Scheduler(NewTasks, Operations):
             if now - p.drained_since < self.finished_delay:
                 continue
             p.drained_since = None
+            self._flush()       # the count must see this scheduler's own writes, not only taskdb's
             left = self.taskdb.count(p.name, _ACTIVE)
             if left:
                 logger.info("project %s: taskdb still has %d ACTIVE tasks; loading them", p.name, left)
@@ -639,6 +648,8 @@ class Scheduler(NewTasks, Operations):
                 continue
             p.selected_since_finished = False
             logger.info("project %s finished its queue; sending on_finished", p.name)
+            if self.jobs is not None:
+                self.jobs.project_finished(p, now)
             self._on_requests(p, [special_task(p.name, "on_finished", priority=9)], now)
             self._flush()
 

@@ -72,6 +72,9 @@ class WebUIState:
 
 
 def routes() -> list[tuple[str, type]]:
+    from ..jobs import scrapyd  # they build on this package's handlers
+    from ..jobs import views as jobs_views
+
     return [
         (r"/", dashboard.DashboardPage),
         (r"/debug/([^/]+)", debugger.DebuggerPage),
@@ -96,6 +99,8 @@ def routes() -> list[tuple[str, type]]:
         (r"/api/queues", api.QueuesHandler),
         (r"/api/nodes", api.NodesHandler),
         (r"/api/nodes/([^/]+)/history", metrics.NodeHistoryHandler),
+        *jobs_views.routes(),                # /jobs and /api/jobs
+        *scrapyd.routes(),                   # scrapyd's paths: schedule.json, listjobs.json, /logs/..., ...
         (r"/api/.*", ApiNotFoundHandler),
     ]
 
