@@ -1,7 +1,7 @@
 """The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.runtime`.
 
 One module per command family: ``components`` (scheduler, fetcher, processor,
-result-worker), ``one``, ``all``, ``standalone``, ``project``, ``export``, ``demo_site``, ``nodes``, ``queue``, ``job``; shared options in
+result-worker), ``one``, ``all``, ``standalone``, ``project``, ``export``, ``import_pyspider``, ``demo_site``, ``nodes``, ``queue``, ``job``; shared options in
 ``options``.
 
 Settings are resolved once here (flag > ``SPIDERFLOW_*`` environment > ``-c`` config
@@ -100,9 +100,10 @@ def show_config(ctx: click.Context) -> None:
 
 def _register() -> None:
     from . import all as all_cmd
-    from . import bench, components, demo_site, export, job, nodes, one, project, queue, standalone, webui
+    from . import bench, components, demo_site, export, import_pyspider, job, nodes, one, project, queue, standalone, webui
     from .options import node_options
-    for module in (one, all_cmd, standalone, components, project, export, demo_site, webui, bench, nodes, queue, job):
+    for module in (one, all_cmd, standalone, components, project, export, import_pyspider, demo_site, webui, bench,
+                   nodes, queue, job):
         for command in module.COMMANDS:
             main.add_command(command)
     for command in (all_cmd.COMMANDS + components.COMMANDS + webui.COMMANDS):   # every serving command's node

@@ -180,13 +180,20 @@ class BaseHandler:
         """Send *msg* (JSON data) to *project*, whose ``on_message(sender, msg)`` runs with it.
 
         The message travels as the special task ``_on_message`` with ``fetch.save =
-        {"sender": <this project>, "message": msg}``; *url* only labels it.
+        {"sender": <this project>, "message": msg}``; *url* only labels it, and is never
+        fetched: a ``data:`` URL becomes the task's URL, any other goes in ``save["url"]``.
+        A labelled message's results are keyed by the md5 of its URL (pyspider's way of
+        making one result per message).
         """
         validate_project_name(project)
         _check_message(msg)
-        task = special_task(project, "_on_message", save={"sender": self.project_name, "message": msg})
+        save = {"sender": self.project_name, "message": msg}
+        labelled = url not in (_MESSAGE_URL, _PYSPIDER_MESSAGE_URL)
+        if labelled and not url.startswith("data:"):
+            save["url"] = url
+        task = special_task(project, "_on_message", save=save)
         task.updatetime = self._now or task.updatetime
-        if url not in (_MESSAGE_URL, _PYSPIDER_MESSAGE_URL):
+        if labelled and "url" not in save:
             task.url = url
         self._messages.append(task)
 
@@ -203,9 +210,9 @@ class BaseHandler:
 
     # -- special callbacks -------------------------------------------------------------------------
     def _on_message(self, response: Response, task: dict[str, Any]) -> Any:
-        """Unpack a message: ``{"sender", "message"}`` from send_message, else a bare message (sender None)."""
+        """Unpack a message: ``{"sender", "message"[, "url"]}`` from send_message, else a bare one (sender None)."""
         save = response.save if response.save is not None else (task.get("fetch") or {}).get("save")
-        if isinstance(save, dict) and save.keys() == {"sender", "message"}:
+        if isinstance(save, dict) and save.keys() in ({"sender", "message"}, {"sender", "message", "url"}):
             return self.on_message(save["sender"], save["message"])
         return self.on_message(None, save)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import QueueClosed, QueueEmpty, QueueError, SerializationError, StorageUnavailable
-from ..message import FetchResult, ResultPack, StatusPack, Task, Track, pack
+from ..message import SPECIAL_TASKS, FetchResult, ResultPack, StatusPack, Task, Track, md5_taskid, pack
 from ..settings import Settings
 from ..storage import Outage
 from .project import Project, ProjectManager, TaskRun
@@ -134,12 +134,21 @@ class Processor:
                       now: float) -> tuple[list[ResultPack], str | None, str | None]:
         """One ResultPack per result: the first keyed by the task id, the next by ``<taskid>#<n>``.
 
-        Also returns the summary of the first pack's result for the track (from the JSON
-        text its check produced) and the error for the results dropped, if any.
+        The results of a message sent with a URL of its own (``send_message(project, msg,
+        url=...)``) are keyed by the md5 of that URL instead, as pyspider keyed them: each such
+        message makes a result of its own. Also returns the summary of the first pack's result
+        for the track (from the JSON text its check produced) and the error for the results
+        dropped, if any.
         """
         packs: list[ResultPack] = []
         errors: list[str] = []
         summary = None
+        base, url = task.taskid, task.url
+        if base == "_on_message" and values:
+            save = task.fetch.save
+            url = save["url"] if isinstance(save, dict) and isinstance(save.get("url"), str) else url
+            if url != SPECIAL_TASKS["_on_message"][0]:
+                base = md5_taskid(url)
         for index, value in enumerate(values):
             try:
                 text = _STRICT_JSON.encode(value)
@@ -153,8 +162,8 @@ class Processor:
                 continue
             if summary is None:
                 summary = _summary(value if isinstance(value, str) else text)
-            taskid = task.taskid if index == 0 else f"{task.taskid}{RESULT_SEPARATOR}{index}"
-            packs.append(ResultPack(project=task.project, taskid=taskid, url=task.url, result=value, updatetime=now))
+            taskid = base if index == 0 else f"{base}{RESULT_SEPARATOR}{index}"
+            packs.append(ResultPack(project=task.project, taskid=taskid, url=url, result=value, updatetime=now))
         return packs, summary, ("ResultError: " + "; ".join(errors)) if errors else None
 
     @staticmethod

@@ -5,7 +5,9 @@ ScriptError with the compiler's message when the script is broken. :class:`Proje
 keeps the projects of one processor: it loads a project from projectdb on its first task,
 polls ``changed_since`` every ``check_interval`` seconds and recompiles a script only when
 its md5 changed. A broken script is kept as a Project with ``error`` set, so its tasks fail
-with that error while every other project runs on.
+with that error while every other project runs on. Scripts run with the builtins of
+:mod:`.pyspider_compat`, so pyspider scripts' ``from pyspider.libs.base_handler import *``
+works in them, and only in them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..message import Task
 from ..settings import Settings
 from .capture import Capture, script_logger
 from .handler import BaseHandler
+from .pyspider_compat import script_builtins
 from .response import Response
 from .timelimit import PROTECTED_FILES, TimeLimit, TimeLimitExceeded
 
@@ -163,7 +166,8 @@ def load_project(name: str, script: str | type[BaseHandler], *, env: dict[str, A
     linecache.cache[filename] = (len(script), None, script.splitlines(True), filename)
     module = types.ModuleType(f"spiderflow_project_{name.replace('-', '_')}")
     module.__file__ = filename
-    module.logger = script_logger(name)
+    module.__builtins__ = script_builtins()  # pyspider's imports resolve in the script only
+    module.logger = module.logging = script_logger(name)  # pyspider gave scripts both names
     try:
         with TimeLimit(time_limit):
             exec(code, module.__dict__)
