@@ -392,6 +392,11 @@ class Fetch(_Message):
     robots_txt: bool = False
     fetch_type: str | None = None
     save: Any = None
+    js_script: str | None = None          # fetch_type='js': a JS function run in the page
+    js_run_at: str = "document-end"       # ... "document-start" or "document-end"
+    js_viewport_width: int | None = None
+    js_viewport_height: int | None = None
+    load_images: bool = False
 
     _types: ClassVar[dict[str, Any]] = {
         "method": str, "headers": dict, "params": (dict, type(None)),
@@ -400,6 +405,8 @@ class Fetch(_Message):
         "allow_redirects": bool, "max_redirects": (int, type(None)), "validate_cert": bool,
         "proxy": (str, bool, type(None)), "etag": (str, bool), "last_modified": (str, bool),
         "use_gzip": bool, "robots_txt": bool, "fetch_type": _OPT_STR, "save": _ANY,
+        "js_script": _OPT_STR, "js_run_at": str, "js_viewport_width": (int, type(None)),
+        "js_viewport_height": (int, type(None)), "load_images": bool,
     }
 
 
@@ -523,10 +530,12 @@ class FetchResult(_Message):
     error: str | None = None
     save: Any = None
     truncated: bool = False
+    js_script_result: Any = None          # what a js fetch's js_script returned
 
     _types: ClassVar[dict[str, Any]] = {
         "status_code": int, "url": str, "orig_url": str, "headers": dict, "content": bytes,
         "cookies": dict, "time": _NUM, "error": _OPT_STR, "save": _ANY, "truncated": bool,
+        "js_script_result": _ANY,
     }
     _required: ClassVar[tuple[str, ...]] = ("status_code", "url")
 

@@ -161,10 +161,15 @@ def host_info() -> dict[str, Any]:
 
 def fetch_types() -> list[str]:
     """What a fetcher of this installation can fetch: ``http``, ``https``, ``data`` URLs, and
-    through a proxy (http, https, socks) when pycurl is installed."""
+    through a proxy (http, https, socks) when pycurl is installed, and ``js`` (fetch_type='js')
+    when Playwright and a Chromium on PATH are (see :func:`spiderflow.fetcher.js.js_unavailable`)."""
+    from .fetcher.js import js_unavailable
+
     types = ["http", "https", "data"]
     if importlib.util.find_spec("pycurl") is not None:
         types += ["proxy-http", "proxy-socks"]
+    if js_unavailable() is None:
+        types.append("js")
     return types
 
 

@@ -90,6 +90,14 @@ class Settings:
     max_redirects: int = 5
     block_private_addresses: bool = False      # refuse loopback, private, link-local, ... targets (each hop)
 
+    # -- JavaScript rendering (fetch_type='js'; pip install 'spiderflow[js]') ------
+    chromium_path: str | None = None           # the system's Chromium; None: chromium, chromium-browser or
+                                               # google-chrome on PATH (never `playwright install`)
+    js_poolsize: int = 2                       # pages rendering at once: one browser, a fresh context each
+    js_viewport_width: int = 1024              # the default of a task's js_viewport_width (pyspider's)
+    js_viewport_height: int = 768 * 3          # ... and of js_viewport_height
+    js_idle_wait: float = 1.0                  # after load and js_script: up to this long for the network to go idle
+
     # -- processor -------------------------------------------------------------
     process_time_limit: float = 30.0
     log_tail: int = 100                        # log lines kept per task in track

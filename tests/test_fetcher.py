@@ -236,6 +236,8 @@ def test_malformed_data_urls_fail(url):
     assert result.status_code == 599 and "data: URL" in result.error
 
 
-def test_js_fetch_is_not_enabled(httpbin):
-    result = fetch(httpbin.url + "/html", fetch_type="js")
-    assert (result.status_code, result.error, result.ok) == (501, "js fetch not enabled", False)
+def test_an_unknown_fetch_type_is_not_supported(httpbin):
+    # fetch_type='js' is rendered by the browser pool: tests/test_fetcher_js.py
+    result = fetch(httpbin.url + "/html", fetch_type="splash")
+    assert (result.status_code, result.ok) == (501, False)
+    assert result.error == "fetch_type 'splash' is not supported; use 'http' (the default) or 'js'"

@@ -98,6 +98,8 @@ def test_crawl_accepts_every_option():
         headers={"H": 1}, user_agent="u", cookies={"c": 2}, timeout=1, connect_timeout=2,
         allow_redirects=False, max_redirects=1, validate_cert=False, proxy="http://p:3128", etag="e",
         last_modified="lm", use_gzip=False, robots_txt=True, fetch_type="js", save={"s": [1, {"n": None}]},
+        js_script="() => 1", js_run_at="document-start", js_viewport_width=800, js_viewport_height=600,
+        load_images=True,
         priority=3, retries=5, exetime=1e9, age=60, itag=7, force_update=True, auto_recrawl=True, cancel=False,
         time_limit=2.5, taskid="custom",
     )
@@ -139,7 +141,6 @@ def test_relative_urls_resolve_against_the_response(href, expected):
 
 @pytest.mark.parametrize("call,message", [
     (lambda h: h.crawl("http://example.com/", callback="detail_page", colour="red"), "unexpected keyword.*colour"),
-    (lambda h: h.crawl("http://example.com/", callback="detail_page", js_script="x"), "JavaScript"),
     (lambda h: h.crawl("ftp://example.com/", callback="detail_page"), "unsupported URL scheme 'ftp'"),
     (lambda h: h.crawl("javascript:void(0)", callback="detail_page"), "unsupported URL scheme"),
     (lambda h: h.crawl("", callback="detail_page"), "empty URL"),
@@ -294,8 +295,8 @@ def test_check_options_accepts_known_and_rejects_unknown_names():
     check_options(dict.fromkeys(CRAWL_OPTIONS))
     with pytest.raises(CrawlError, match=r"unexpected keyword argument\(s\): colour, size; known options: age"):
         check_options({"callback": None, "size": 1, "colour": 2})
-    with pytest.raises(CrawlError, match="js_script: JavaScript"):
-        check_options({"js_script": "", "colour": 2})
+    check_options({"js_script": "", "js_run_at": "document-start", "js_viewport_width": 1, "js_viewport_height": 1,
+                   "load_images": True})   # pyspider's JavaScript options (fetch_type='js')
 
 
 def test_decorator_marks_are_found_on_every_kind_of_callback():

@@ -4,8 +4,11 @@
 runs up to ``poolsize`` fetches at once. It takes a task only while it has a free slot and
 the outqueue has room, so a slow processor slows the fetcher down instead of growing a
 queue; a delivery is acknowledged only once its result is on the outqueue. A fetch never
-raises: failures are FetchResults with status 599 (or 403 for robots.txt, 501 for js) and
-an error text. ``data:`` URLs are answered without network.
+raises: failures are FetchResults with status 599 (or 403 for robots.txt, 501 for a
+fetch_type it cannot do) and an error text. ``data:`` URLs are answered without network.
+``fetch_type='js'`` tasks are rendered by a browser pool of the fetcher's own
+(:class:`~.js.JsRenderer`, started on the first such task, on a thread of its own); they
+take a ``poolsize`` slot like any fetch while they wait for one of ``js_poolsize`` pages.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..settings import Settings
 from .body import ACCEPT_ENCODING
 from .cookies import new_jar
 from .counters import FetchCounters
+from .js import JS_FETCH_TYPES, JsRenderer, build_job, js_unavailable
 from .request import FetchOptionError, build_spec, decode_data_url
 from .robots import RobotsCache
 from .transport import Transport, resolve_client_kind
@@ -58,6 +62,7 @@ class Fetcher:
         self._tasks: set[asyncio.Task] = set()
         self._full_wait: asyncio.Lock | None = None   # made on the running loop, when first needed
         self._transport: Transport | None = None
+        self._js: JsRenderer | None = None
 
     # -- public API -------------------------------------------------------------------
     @property
@@ -107,10 +112,13 @@ class Fetcher:
         """
         async def once() -> FetchResult:
             transport = Transport(self.use_curl, _SYNC_CLIENTS, self.robots, self.settings.block_private_addresses)
+            had_browser = self._js is not None
             try:
                 return await self._fetch(task, transport)
             finally:
                 transport.close()
+                if not had_browser:  # a browser this call started goes with it
+                    self._close_js()
 
         try:
             asyncio.get_running_loop()
@@ -120,13 +128,22 @@ class Fetcher:
             return pool.submit(lambda: asyncio.run(once())).result()
 
     def close(self) -> None:
-        """Close the client that :meth:`fetch` made outside run(), if any."""
+        """Close the client that :meth:`fetch` made outside run(), if any, and the browser pool."""
+        self._close_transport()
+        self._close_js()
+
+    def _close_transport(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
             try:
                 transport.close()
             except Exception:  # its loop may be gone
                 logger.debug("closing the HTTP client failed", exc_info=True)
+
+    def _close_js(self) -> None:
+        renderer, self._js = self._js, None
+        if renderer is not None:
+            renderer.close()
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self, burst: bool = False) -> None:
@@ -277,7 +294,7 @@ class Fetcher:
         transport = self._transport
         if transport is None or transport.loop is not loop:
             if transport is not None:
-                self.close()
+                self._close_transport()   # (the browser pool serves any loop)
             transport = self._transport = Transport(self.use_curl, max(1, self.settings.poolsize), self.robots,
                                                     self.settings.block_private_addresses)
         return transport
@@ -291,10 +308,11 @@ class Fetcher:
             if url[:5].lower() == "data:":
                 content_type, content = decode_data_url(url)
                 result = FetchResult(200, url, url, headers={"Content-Type": content_type}, content=content)
+            elif fetch.fetch_type in JS_FETCH_TYPES:
+                result = await self._fetch_js(task, transport)
             elif fetch.fetch_type not in (None, "", "http", "https"):
-                error = ("js fetch not enabled" if fetch.fetch_type == "js"
-                         else f"fetch_type {fetch.fetch_type!r} is not supported")
-                result = FetchResult(501, url, url, error=error)
+                result = FetchResult(501, url, url, error=f"fetch_type {fetch.fetch_type!r} is not supported; "
+                                                           "use 'http' (the default) or 'js'")
             else:
                 spec = build_spec(task, self.settings, ACCEPT_ENCODING)
                 jar = new_jar(spec.url, fetch.cookies, spec.cookie_header) \
@@ -311,6 +329,21 @@ class Fetcher:
         if result.error is not None:
             logger.debug("fetch %s: %d %s", url, result.status_code, result.error)
         return result
+
+    async def _fetch_js(self, task: Task, transport: Transport) -> FetchResult:
+        """Render *task* in the browser pool (robots.txt is checked over HTTP first)."""
+        renderer = self._js
+        if renderer is None:
+            reason = js_unavailable(self.settings.chromium_path)
+            if reason:
+                return FetchResult(501, task.url, task.url, error=reason)
+            renderer = self._js = JsRenderer(self.settings)
+        spec = build_spec(task, self.settings, ACCEPT_ENCODING)
+        job = build_job(task, spec, self.settings)
+        if spec.robots_txt and not await transport._robots_allow(spec):
+            return FetchResult(403, spec.url, task.url,
+                               error=f"robots.txt disallows {spec.url} for user agent {spec.user_agent!r}")
+        return await renderer.fetch(job)
 
 
 __all__ = ["Fetcher"]

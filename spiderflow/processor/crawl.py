@@ -23,6 +23,7 @@ FETCH_OPTIONS = frozenset((
     "method", "headers", "data", "files", "cookies", "user_agent", "timeout", "connect_timeout",
     "allow_redirects", "max_redirects", "validate_cert", "proxy", "etag", "last_modified",
     "use_gzip", "robots_txt", "fetch_type", "save",
+    "js_script", "js_run_at", "js_viewport_width", "js_viewport_height", "load_images",
 ))
 SCHEDULE_OPTIONS = frozenset(("priority", "retries", "exetime", "age", "itag", "force_update", "auto_recrawl", "cancel"))
 PROCESS_OPTIONS = frozenset(("time_limit",))
@@ -31,7 +32,6 @@ CRAWL_OPTIONS = FETCH_OPTIONS | SCHEDULE_OPTIONS | PROCESS_OPTIONS | OTHER_OPTIO
 
 _MERGED = frozenset(("headers", "cookies", "params"))
 _ALIASES = {"last_modifed": "last_modified"}  # pyspider's spelling in its option list
-_JS_OPTIONS = frozenset(("js_run_at", "js_script", "js_viewport_width", "js_viewport_height", "load_images"))
 _URL_SCHEMES = ("http", "https", "data")
 _ABSOLUTE = ("http://", "https://")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
@@ -63,9 +63,6 @@ def check_options(opts: dict[str, Any]) -> None:
     if opts.keys() <= CRAWL_OPTIONS:  # cheaper than building the set of unknown names
         return
     unknown = opts.keys() - CRAWL_OPTIONS
-    js = sorted(unknown & _JS_OPTIONS)
-    if js:
-        raise CrawlError(f"self.crawl(): {', '.join(js)}: JavaScript rendering options are not supported")
     raise CrawlError(f"self.crawl() got unexpected keyword argument(s): {', '.join(sorted(unknown))}; "
                      f"known options: {', '.join(sorted(CRAWL_OPTIONS))}")
 

@@ -132,12 +132,13 @@ class Response:
     """What a callback gets for a fetched page (pyspider's ``response``)."""
 
     __slots__ = ("status_code", "url", "orig_url", "content", "cookies", "time", "error", "save",
-                 "truncated", "_raw_headers", "_headers", "_encoding", "_text", "_json", "_etree", "_doc", "_links")
+                 "truncated", "js_script_result", "_raw_headers", "_headers", "_encoding", "_text", "_json",
+                 "_etree", "_doc", "_links")
 
     def __init__(self, status_code: int = 200, url: str = "", orig_url: str = "",
                  headers: Mapping[str, str] | None = None, content: bytes = b"",
                  cookies: dict[str, str] | None = None, time: float = 0.0, error: str | None = None,
-                 save: Any = None, truncated: bool = False):
+                 save: Any = None, truncated: bool = False, js_script_result: Any = None):
         self.status_code = status_code
         self.url = url
         self.orig_url = orig_url or url
@@ -147,6 +148,7 @@ class Response:
         self.error = error
         self.save = save
         self.truncated = truncated
+        self.js_script_result = js_script_result   # a js fetch's js_script value (pyspider's)
         self._raw_headers = headers or {}
         self._headers: Headers | None = None
         self._encoding: str | None = None
@@ -161,7 +163,7 @@ class Response:
         """Wrap what the fetcher returned for *task*."""
         return cls(result.status_code, result.url, result.orig_url or (task.url if task else ""),
                    result.headers, result.content, result.cookies, result.time, result.error,
-                   result.save, result.truncated)
+                   result.save, result.truncated, result.js_script_result)
 
     def __repr__(self) -> str:
         return f"<Response [{self.status_code}] {self.url}>"

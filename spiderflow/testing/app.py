@@ -4,7 +4,8 @@
 :func:`echo`; handlers look up pre-rendered bytes from :mod:`.pages` or build a small body.
 Two kinds of route are plain callables instead of RequestHandlers: the crawlable sites, which
 answer straight on the connection at about twice a handler's speed, and the hostile routes
-that take the connection over to misbehave on it.
+that take the connection over to misbehave on it. The pages under ``/js/`` are built (or
+slowed down, or hung) by JavaScript, for the js fetcher's tests.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import collections
 import email.utils
 import functools
 import gzip
+import html
 import json
 import logging
 import random
@@ -480,6 +482,72 @@ def _follow(request: HTTPServerRequest) -> bytes:
     return pages.links_page(f"follow page {n}", paths)
 
 
+# -- JavaScript pages (fetch_type='js') ---------------------------------------------------
+
+def _js_page(title: str, body: str) -> bytes:
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title></head>'
+            f"<body>{body}</body></html>").encode()
+
+
+#: Content only JavaScript builds: a heading and a link as the page runs, a paragraph from a fetch after load.
+JS_BUILT = _js_page("js built", """<div id="app">no JavaScript ran</div><script>
+document.getElementById("app").innerHTML =
+  '<h1 id="built">built by JavaScript \u00e9</h1><a href="/js/linked?from=js">a link made by JavaScript</a>';
+fetch("/get?x=fetched").then(r => r.json()).then(d => setTimeout(() => {
+  const p = document.createElement("p"); p.id = "fetched"; p.textContent = "after load: " + d.args.x;
+  document.body.appendChild(p); }, 100));
+</script>""")
+JS_HANG = _js_page("hang", "<script>for (;;) {}</script>")
+JS_VIEWPORT = _js_page("viewport", """<div id="size"></div>
+<script>document.getElementById("size").textContent = innerWidth + "x" + innerHeight;</script>""")
+JS_IMAGES = _js_page("images", """<div id="img">pending</div><img src="/image/png?from=js"
+ onload="document.getElementById('img').textContent = 'loaded'"
+ onerror="document.getElementById('img').textContent = 'blocked'">""")
+
+
+class _JsSlow(_Handler):
+    """``/js/slow?seconds=N``: the load event comes after a script that takes N seconds; it writes #out."""
+
+    def get(self) -> None:
+        seconds = self.int_arg("seconds", 1, 0, int(MAX_DELAY))
+        self.send(_js_page("slow", f'<div id="out">waiting</div><script src="/js/slow.js?seconds={seconds}"></script>'))
+
+
+class _JsSlowScript(_Handler):
+    async def get(self) -> None:
+        seconds = self.int_arg("seconds", 1, 0, int(MAX_DELAY))
+        await asyncio.sleep(seconds)
+        self.send(f'document.getElementById("out").textContent = "rendered after {seconds} s";'.encode(),
+                  "application/javascript")
+
+
+class _JsCookies(_Handler):
+    """``/js/cookies``: the cookies the server got in #server; the page's script sets ``made_by_js``."""
+
+    def get(self) -> None:
+        got = json.dumps({k: v.value for k, v in self.request.cookies.items()}, sort_keys=True)
+        self.send(_js_page("cookies", f'<pre id="server">{html.escape(got)}</pre>'
+                                      '<script>document.cookie = "made_by_js=yes; path=/";</script>'))
+
+
+class _JsHeaders(_Handler):
+    """``/js/headers``, any method: the request as the server got it in #request, a same-origin fetch's in #xhr."""
+
+    async def get(self) -> None:
+        got = json.dumps({"method": self.request.method, "headers": dict(self.request.headers),
+                          "body": self.request.body.decode("utf-8", "replace")}, sort_keys=True)
+        self.send(_js_page("headers", f'<pre id="request">{html.escape(got)}</pre><pre id="xhr">pending</pre>'
+                           '<script>fetch("/headers").then(r => r.json()).then(d => {'
+                           'document.getElementById("xhr").textContent = JSON.stringify(d.headers); });</script>'))
+
+    post = put = get
+
+
+class _JsLatin1(_Handler):
+    def get(self) -> None:
+        self.send(b'<html><body><p id="word">caf\xe9</p></body></html>', "text/html; charset=iso-8859-1")
+
+
 def _log_request(handler: RequestHandler) -> None:
     """Requests go to our logger at DEBUG (tornado's would print every 4xx/5xx as a warning)."""
     if logger.isEnabledFor(logging.DEBUG):
@@ -540,4 +608,13 @@ def make_app(hits: collections.Counter | None = None) -> Application:
         (r"/etag/([^/]+)", _Etag),
         (r"/cache", _Cache),
         (r"/basic-auth/([^/]+)/([^/]+)", _BasicAuth),
+        (r"/js/built", _Static, {"body": JS_BUILT}),
+        (r"/js/hang", _Static, {"body": JS_HANG}),
+        (r"/js/viewport", _Static, {"body": JS_VIEWPORT}),
+        (r"/js/images", _Static, {"body": JS_IMAGES}),
+        (r"/js/slow", _JsSlow),
+        (r"/js/slow\.js", _JsSlowScript),
+        (r"/js/cookies", _JsCookies),
+        (r"/js/headers", _JsHeaders),
+        (r"/js/latin1", _JsLatin1),
     ], log_function=_log_request)
