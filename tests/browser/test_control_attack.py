@@ -14,7 +14,6 @@ directory, still gets through.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import threading
 
@@ -25,6 +24,8 @@ from spiderflow.runtime.compose import control_client
 from spiderflow.scheduler import ThreadedScheduler
 from spiderflow.scheduler.control import serve_control
 from spiderflow.settings import Settings
+
+from hostile import HostileSite
 
 ATTACK_URL = "http://attacker.example/"
 
@@ -70,33 +71,6 @@ Promise.allSettled(fetches).then(() => {{
 }}).then(() => {{ document.body.dataset.results = JSON.stringify(results); document.body.dataset.done = "yes"; }});
 </script>
 """
-
-
-class HostileSite:
-    """One page served on another port of 127.0.0.1, in a thread."""
-
-    def __init__(self, page: str):
-        content = page.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -10,15 +10,15 @@ and the script never runs; the same script run from the debugger page does.
 from __future__ import annotations
 
 import html
-import http.server
 import json
-import threading
 
 import pytest
 
 from spiderflow.settings import Settings
 from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb
 from spiderflow.webui import WebUIServer, make_app
+
+from hostile import HostileSite
 
 
 def marker_script(path) -> str:
@@ -43,33 +43,6 @@ fetch({json.dumps(target)}, {{method: "POST", mode: "no-cors", credentials: "inc
   .finally(() => {{ document.body.dataset.fetched = "yes"; document.getElementById("attack").submit(); }});
 </script>
 """
-
-
-class HostileSite:
-    """A page server on another port of 127.0.0.1, in a thread."""
-
-    def __init__(self, page: str):
-        content = page.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
