@@ -25,7 +25,7 @@ from spiderflow.scheduler import ThreadedScheduler
 from spiderflow.scheduler.control import serve_control
 from spiderflow.settings import Settings
 
-from hostile import HostileSite
+from hostile_site import HostileSite
 
 ATTACK_URL = "http://attacker.example/"
 

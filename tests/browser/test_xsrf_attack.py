@@ -18,7 +18,7 @@ from spiderflow.settings import Settings
 from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb
 from spiderflow.webui import WebUIServer, make_app
 
-from hostile import HostileSite
+from hostile_site import HostileSite
 
 
 def marker_script(path) -> str:
