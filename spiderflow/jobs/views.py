@@ -11,6 +11,7 @@ buttons and links to each job's log and items, and refreshes itself every few se
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import time
@@ -67,8 +68,10 @@ class JobsPage(PageHandler):
         jobs = jobs_json(jobdb, settings.jobs_to_keep)
         by_state = {state: [j for j in jobs if j["status"] == state] for state in STATES}
         projects = [p["name"] for p in self.state.projectdb.list(["name"])]
+        now = time.time()
         self.render("jobs.html", jobs=by_state, projects=sorted(projects), refresh=REFRESH_SECONDS,
-                    node=node_name(settings), jobs_to_keep=settings.jobs_to_keep, now=time.time())
+                    node=node_name(settings), jobs_to_keep=settings.jobs_to_keep, now=now,
+                    scrapyd_time=_html_time, runtime=lambda job: _runtime(job, now))
 
 
 class JobsApi(ApiHandler):
@@ -163,3 +166,14 @@ def routes() -> list[tuple[str, type]]:
 
 
 __all__ = ["JobApi", "JobCancelApi", "JobsApi", "JobsPage", "job_json", "jobs_json", "routes"]
+
+
+def _html_time(ts: float) -> str:
+    """A time as scrapyd's /jobs page writes it: local time to the second."""
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _runtime(job: dict, now: float) -> str:
+    """How long a job ran (or has run), as scrapyd's /jobs page writes it: ``H:MM:SS``."""
+    seconds = max(0, int((job["end_time"] or now) - job["start_time"]))
+    return str(datetime.timedelta(seconds=seconds))

@@ -37,25 +37,25 @@ def test_jobs_page_schedules_cancels_and_links_logs(page, tmp_path):
         p.goto(server.url.rstrip("/") + "/jobs")
         p.wait_for_selector("body[data-refreshed]")                         # jobs.js ran (no CSP or script error)
         assert p.locator("header nav a[href='/jobs']").count() == 1
-        assert p.locator("#jobs-running tr.job-row").count() == 1 and p.locator("#no-pending").count() == 1
+        assert p.locator("#jobs-running tr:has(td.job-meta)").count() == 1 and p.locator("#no-pending").count() == 1
 
         p.select_option("#schedule-project", "books")
         p.fill("#schedule-jobid", "from-the-form")
         p.fill("#schedule-args", "page=2\nq=<i>x</i>")
         p.click("#schedule-button")
-        row = p.locator('#jobs-pending tr.job-row[data-job="from-the-form"]')
+        row = p.locator('#jobs-pending tr:has(td.job-meta[data-job="from-the-form"])')
         row.wait_for()
-        assert "page=2, q=<i>x</i>" in row.inner_text()                      # shown as text
+        assert "0; page=2, q=<i>x</i>" in row.inner_text()                      # shown as text
         job = jobdb.get("from-the-form")
         assert job["args"] == {"page": "2", "q": "<i>x</i>"} and job["spider"] == "books"
 
         p.evaluate("window.confirm = (text) => { window.confirmed = text; return true; }")
         row.locator("button.cancel-job").click()
-        p.locator('#jobs-finished tr.job-row[data-job="from-the-form"]').wait_for()
+        p.locator('#jobs-finished tr:has(td.job-meta[data-job="from-the-form"])').wait_for()
         assert p.evaluate("window.confirmed") == "Cancel job from-the-form?"
         assert jobdb.get("from-the-form")["outcome"] == "cancelled"
 
-        log = p.locator('#jobs-running tr.job-row[data-job="busy-1"] a.log-link')
+        log = p.locator('#jobs-running tr:has(td.job-meta[data-job="busy-1"]) a[href$=".log"]')
         assert log.get_attribute("href") == "/logs/news/Handler/busy-1.log"
         page.shot("jobs")
         p.goto(server.url.rstrip("/") + log.get_attribute("href"))
