@@ -8,7 +8,7 @@ import pytest
 from test_scheduler import Harness, urls
 
 from spiderflow.exceptions import StorageError, StorageUnavailable
-from spiderflow.message import Fetch, Process, Schedule, StatusPack, Task, Track
+from spiderflow.message import Fetch, Process, Schedule, StatusPack, Task, TaskStatus, Track
 
 
 @pytest.fixture
@@ -231,6 +231,76 @@ def test_a_database_outage_is_waited_out_and_loses_nothing(h, monkeypatch, caplo
     assert "database is back" in caplog.text
     assert h.status(task.taskid) == "SUCCESS" and h.taskdb.count("p") == 4
     assert sorted(urls(h.sent_normal())) == ["http://a/2", "http://a/3", "http://a/4"]
+
+
+def test_a_commit_that_succeeds_but_reports_a_lost_connection_strands_no_task(h, monkeypatch):
+    """The connection drops while COMMIT is answered: the server has the follows, the scheduler
+    sees an outage and takes the status message again. The follows it then finds stored must
+    still be crawled, and on_finished must wait for them (it once left one ACTIVE)."""
+    task = _page_done_with_follows(h)
+    real = h.taskdb.write_many
+    state = {"lied": 0}
+
+    def commit_then_fail(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not state["lied"]:
+            state["lied"] += 1
+            raise StorageUnavailable("taskdb write_many failed: consuming input failed (test)")
+        return out
+
+    monkeypatch.setattr(h.taskdb, "write_many", commit_then_fail)
+    h.scheduler._loop_step()                          # the follows are committed; the pass is held
+    assert state["lied"] == 1 and h.scheduler._status_held
+    h.scheduler._retry_in = 0.0
+    for _ in range(5):
+        h.scheduler._loop_step()
+        h.scheduler._retry_in = 0.0
+    assert h.status(task.taskid) == "SUCCESS"
+    crawled, finished = [], []
+    for _ in range(20):
+        sent = h.sent()
+        finished += [t for t in sent if t.taskid == "on_finished"]
+        follows = [t for t in sent if t.url in ("http://a/2", "http://a/3")]
+        assert not (finished and follows), "on_finished was sent before every follow was crawled"
+        crawled += follows
+        h.answer_all(follows + [t for t in sent if t.taskid == "on_finished"])
+        h.clock.advance(0.5)
+        h.run()
+    assert sorted(urls(crawled)) == ["http://a/2", "http://a/3"]          # both crawled, once
+    assert h.taskdb.count("p", TaskStatus.ACTIVE) == 0 and len(finished) == 1
+
+
+def test_on_finished_stored_by_a_commit_that_reported_a_lost_connection_is_still_sent(h, monkeypatch):
+    """The same lost answer to a COMMIT, on the insert of on_finished: the scheduler must send it
+    again, not leave it ACTIVE in taskdb and nowhere else (a long PostgreSQL outage test once
+    ended with exactly that task ACTIVE)."""
+    h.add_project()
+    h.start("p")
+    task = h.crawl("http://a/1")
+    real = h.taskdb.insert_many
+    state = {"lied": 0}
+
+    def commit_then_fail(tasks, *args, **kwargs):
+        out = real(tasks, *args, **kwargs)
+        if not state["lied"] and any(t.taskid == "on_finished" for t in tasks):
+            state["lied"] += 1
+            raise StorageUnavailable("taskdb insert_many failed: consuming input failed (test)")
+        return out
+
+    monkeypatch.setattr(h.taskdb, "insert_many", commit_then_fail)
+    finished = []
+    for _ in range(20):
+        h.scheduler._loop_step()
+        h.scheduler._retry_in = 0.0
+        h.clock.advance(0.5)
+        sent = [t for t in h.sent() if t.taskid == "on_finished"]
+        finished += sent
+        h.answer_all(sent)
+    assert state["lied"] == 1 and h.status(task.taskid) == "SUCCESS"
+    assert len(finished) == 1, "on_finished was never sent (it stayed ACTIVE in taskdb only)"
+    for _ in range(3):
+        h.run()
+    assert h.taskdb.count("p", TaskStatus.ACTIVE) == 0
 
 
 def test_a_failed_combined_batch_is_stored_apart(h, monkeypatch, caplog):

@@ -591,6 +591,7 @@ class Scheduler(NewTasks, Operations):
         """Send *tasks* in order; those that do not fit go back. Returns (sent, out_queue full)."""
         deadline = now + self.settings.lease_time
         sent = 0
+        selected = False
         job = p.job
         for i, task in enumerate(tasks):
             if task.schedule.job != job:    # the job running the project now (spiderflow.jobs)
@@ -612,7 +613,11 @@ class Scheduler(NewTasks, Operations):
             p.active.appendleft((now, "dispatched", task, None))
             self._dispatched = True
             if task.taskid != "on_finished":
-                p.selected_since_finished = True
+                p.selected_since_finished = selected = True
+            elif not selected:
+                # on_finished ends a crawl, however it got here (also reloaded from taskdb after
+                # an outage hid the commit that stored it): it is sent once
+                p.selected_since_finished = False
             sent += 1
         self._work += sent
         return sent, False
@@ -646,12 +651,14 @@ class Scheduler(NewTasks, Operations):
                 logger.info("project %s: taskdb still has %d ACTIVE tasks; loading them", p.name, left)
                 p.reset_loader()
                 continue
-            p.selected_since_finished = False
             logger.info("project %s finished its queue; sending on_finished", p.name)
             if self.jobs is not None:
                 self.jobs.project_finished(p, now)
             self._on_requests(p, [special_task(p.name, "on_finished", priority=9)], now)
             self._flush()
+            # only once it is stored: after an outage (even one that hid a commit that went
+            # through) the next pass sends it again, rather than leave it ACTIVE in taskdb only
+            p.selected_since_finished = False
 
     # ==================================================================================
     # step 6: delete
