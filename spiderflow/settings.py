@@ -117,6 +117,9 @@ class Settings:
     node_history_keep: float = 24 * 3600.0     # seconds of heartbeat history kept
     monitoring: bool = False                   # log each heartbeat's health and the nodes that go offline
 
+    # -- remote control (spiderflow control / inspect) ----------------------------
+    revoke_expires: float = 3 * 3600.0         # seconds a `control revoke` stays in force (Celery's 3 h)
+
     # -- web UI ------------------------------------------------------------------
     webui_host: str = "127.0.0.1"
     webui_port: int = 5000

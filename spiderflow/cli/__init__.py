@@ -1,7 +1,7 @@
 """The ``spiderflow`` command: a thin click layer over :mod:`spiderflow.runtime`.
 
 One module per command family: ``components`` (scheduler, fetcher, processor,
-result-worker), ``one``, ``all``, ``standalone``, ``project``, ``export``, ``import_pyspider``, ``demo_site``, ``nodes``, ``queue``, ``job``; shared options in
+result-worker), ``one``, ``all``, ``standalone``, ``project``, ``export``, ``import_pyspider``, ``demo_site``, ``nodes``, ``queue``, ``job``, ``control`` (control and inspect); shared options in
 ``options``.
 
 Settings are resolved once here (flag > ``SPIDERFLOW_*`` environment > ``-c`` config
@@ -106,6 +106,9 @@ def _register() -> None:
                    nodes, queue, job):
         for command in module.COMMANDS:
             main.add_command(command)
+    from . import control      # spiderflow control / spiderflow inspect (remote control)
+    for command in control.COMMANDS:
+        main.add_command(command)
     for command in (all_cmd.COMMANDS + components.COMMANDS + webui.COMMANDS):   # every serving command's node
         node_options(command)
 

@@ -52,6 +52,8 @@ class Fetcher:
         self.outqueue = outqueue
         self.settings = settings
         self.jobs: Any = None    # a spiderflow.jobs.JobWatch when jobs are on (the composition root sets it)
+        self.control: Any = None     # the remote-control panel (spiderflow.control.panels), when there is a bus
+        self.poolsize = max(1, settings.poolsize)   # fetch slots; remote control may change it at run time
         self.use_curl = resolve_client_kind(http_client)
         self.robots = RobotsCache(settings.robots_txt_ttl, clock=clock)
         self._counters = FetchCounters(clock)
@@ -152,7 +154,7 @@ class Fetcher:
             raise ConfigError("Fetcher.run() needs an inqueue and an outqueue")
         self._loop = asyncio.get_running_loop()
         transport = self._transport_here()
-        inqueue, outqueue, poolsize = self.inqueue, self.outqueue, max(1, self.settings.poolsize)
+        inqueue, outqueue, poolsize = self.inqueue, self.outqueue, self.poolsize
         delay = _POLL_MIN
         reason = "stopped"
         logger.info("fetcher started (%s client, poolsize %d%s)",
@@ -160,7 +162,7 @@ class Fetcher:
         try:
             outage = False
             while not self._stops:
-                free = poolsize - self._in_flight
+                free = self.poolsize - self._in_flight
                 deliveries: list[Delivery] = []
                 try:
                     if free > 0 and not outqueue.full():
@@ -247,7 +249,14 @@ class Fetcher:
                 jobs.drop("fetcher", task)    # nothing of a cancelled job is fetched (spiderflow.jobs)
                 delivery.ack()
                 return
-            result = await self._fetch(task, transport)
+            control = self.control
+            if control is not None and not control.fetching(task, delivery):
+                return      # revoked: acked and dropped (spiderflow.control)
+            try:
+                result = await self._fetch(task, transport)
+            finally:
+                if control is not None:
+                    control.fetched(delivery)
             item = (task, result)
             try:
                 self.outqueue.put_nowait(item)
@@ -260,7 +269,10 @@ class Fetcher:
                     await self.outqueue.aput(item)
             delivery.ack()
         except asyncio.CancelledError:
-            delivery.hand_back()
+            if self.control is not None and self.control.terminated(delivery):
+                delivery.ack()      # `control revoke --terminate`: dropped, not handed back
+            else:
+                delivery.hand_back()
             raise
         except QueueClosed:
             logger.warning("fetcher: %s is closed; handing a task back", self.outqueue.name)

@@ -79,6 +79,7 @@ class Processor:
         self.processed = 0
         self.failed = 0
         self.jobs: Any = None    # a spiderflow.jobs.JobWatch when jobs are on (the composition root sets it)
+        self.control: Any = None     # the remote-control panel (spiderflow.control.panels), when there is a bus
         self._stop = threading.Event()
 
     # -- one task, no queues ---------------------------------------------------------------------
@@ -313,7 +314,10 @@ class Processor:
             if self.jobs is not None and task.schedule.job is not None and self.jobs.cancelled(task.schedule.job):
                 self.jobs.drop("processor", task)   # nothing of a cancelled job is processed or stored
                 return
-            self.handle(task, message[1])
+            if self.control is not None:    # revokes, runtime time limits, inspect active (spiderflow.control)
+                self.control.handle(task, message[1])
+            else:
+                self.handle(task, message[1])
         else:
             logger.error("processor: dropping a message that is not (Task, FetchResult): %.200r", message)
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..control import start_agent
 from ..exceptions import ConfigError
 from ..queues import BaseQueue
 from ..settings import Settings
@@ -56,7 +57,7 @@ def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *
     with starting(kind, sigint):
         if kind not in COMPONENTS:
             raise ConfigError(f"unknown component {kind!r}; known: {', '.join(COMPONENTS)}")
-        dbs = node = lock = None
+        dbs = node = lock = agent = None
         try:
             if kind == "scheduler":     # one per cluster: a second one is refused with a ConfigError
                 lock = scheduler_lock(settings, queues)
@@ -70,6 +71,8 @@ def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *
             install_stop_signals(component.stop, kind, sigint, stop_grace(settings))
             # the scheduler's stats are read on its own loop, in _run_scheduler
             node = start_node(kind, settings, None if kind == "scheduler" else component)
+            if kind != "scheduler":     # remote control (spiderflow.control); the scheduler's starts on its loop
+                agent = start_agent(kind, component, settings, node)
             if kind == "scheduler":
                 asyncio.run(_run_scheduler(component, control, node))
                 if lock.lost:
@@ -79,6 +82,8 @@ def run_component(kind: str, settings: Settings, queues: dict[str, BaseQueue], *
             else:
                 component.run(burst=burst)
         finally:
+            if agent is not None:
+                agent.stop()
             if node is not None:
                 node.stop()
             if dbs is not None:
@@ -100,9 +105,13 @@ async def _run_scheduler(scheduler: Any, control: bool, node: Any = None) -> Non
             logger.error("scheduler control interface could not bind %s:%s (%s); running without it "
                          "(choose another port with --scheduler-port)",
                          scheduler.settings.scheduler_host, scheduler.settings.scheduler_port, exc.strerror or exc)
+    agent = None
     try:
+        agent = start_agent("scheduler", scheduler, scheduler.settings, node, loop=asyncio.get_running_loop())
         await scheduler.run()
     finally:
+        if agent is not None:
+            agent.stop()
         if server is not None:
             server.stop()
 
@@ -113,8 +122,12 @@ def run_webui(settings: Settings, queues: dict[str, BaseQueue]) -> None:
     install_stop_signals(server.stop, "webui", sigint=False)
     logger.info("web UI on %s", server.url)
     node = start_node("webui", settings, port=server.port)
+    agent = None
     try:
+        agent = start_agent("webui", server, settings, node)     # remote control (spiderflow.control)
         server.run()
     finally:
+        if agent is not None:
+            agent.stop()
         if node is not None:
             node.stop()

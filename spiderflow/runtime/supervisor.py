@@ -63,6 +63,9 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
     device = start_device(settings, [kind for kind, _ in plan])
     supervisor = Supervisor(ctx, settings, queues)
     try:   # from the first child on: a stop during start-up stops the children started so far
+        # remote control: the socket (multiprocessing queues) and a pipe per child
+        from ..control.relay import Relay
+        supervisor.relay = Relay(ctx, settings.data_dir, serve=queue_scheme(settings, queue_url) == "multiprocessing")
         for kind, count in plan:
             for index in range(max(1, count)):
                 supervisor.start(kind, index)
@@ -79,6 +82,9 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
         quiet_since: float | None = None
         while not stop.wait(check_interval):
             supervisor.check()
+            if not supervisor.procs and supervisor.relay.shut_down:
+                logger.info("all: every component was shut down by remote control; stopping")
+                break
             if exit_when_done and names:
                 if _crawl_quiet(settings, queues, names):
                     quiet_since = quiet_since or time.monotonic()
@@ -89,6 +95,8 @@ def run_all(settings: Settings, scripts: Iterable[tuple[str, str]] = (), *, exit
                     quiet_since = None
     finally:
         supervisor.stop_all()
+        if supervisor.relay is not None:
+            supervisor.relay.close()
         if device is not None:
             device.stop()
         for q in queues.values():
@@ -127,18 +135,27 @@ class Supervisor:
         self.procs: dict[tuple[str, int], Any] = {}
         self.restarts: dict[tuple[str, int], int] = {}
         self.stopping = False
+        self.relay: Any = None     # a spiderflow.control.relay.Relay (run_all sets it)
 
     def start(self, kind: str, index: int) -> None:
-        proc = self.ctx.Process(target=self.target, args=(kind, component_settings(self.settings, kind, index),
-                                                          self.queues),
+        target = self.target if self.relay is None else self.relay.wrap((kind, index), self.target)
+        proc = self.ctx.Process(target=target, args=(kind, component_settings(self.settings, kind, index),
+                                                     self.queues),
                                 name=f"spiderflow-{kind}-{index}", daemon=False)
         proc.start()
+        if self.relay is not None:
+            self.relay.started((kind, index))
         self.procs[(kind, index)] = proc
         logger.info("all: started %s #%d (pid %d)", kind, index, proc.pid)
 
     def check(self) -> None:
         for key, proc in list(self.procs.items()):
             if proc.is_alive() or self.stopping:
+                continue
+            if self.relay is not None and self.relay.left(key):
+                logger.info("all: %s #%d was shut down by remote control (exit code %s); not restarting it",
+                            key[0], key[1], proc.exitcode)
+                del self.procs[key]
                 continue
             count = self.restarts.get(key, 0)
             if count >= self.MAX_RESTARTS:

@@ -115,6 +115,7 @@ class Scheduler(NewTasks, Operations):
         self._counters_loaded = bool(counter_file) and self._counters.load(counter_file)
         self._last_dump = clock()
         self.jobs: Any = None      # a spiderflow.jobs.JobRunner when jobs are on (the composition root sets it)
+        self.revokes: Any = None   # the remote-control panel (spiderflow.control.panels), when there is a bus
 
     # ==================================================================================
     # the loop
@@ -593,7 +594,11 @@ class Scheduler(NewTasks, Operations):
         sent = 0
         selected = False
         job = p.job
+        revokes = self.revokes
         for i, task in enumerate(tasks):
+            if revokes is not None and revokes.revoked(task):
+                revokes.drop(self, p, task, now)    # `control revoke`: BAD, never sent (spiderflow.control)
+                continue
             if task.schedule.job != job:    # the job running the project now (spiderflow.jobs)
                 task.schedule = dataclasses.replace(task.schedule, job=job)
             try:

@@ -74,6 +74,7 @@ class WebUIState:
 def routes() -> list[tuple[str, type]]:
     from ..jobs import scrapyd  # they build on this package's handlers
     from ..jobs import views as jobs_views
+    from . import control  # remote control of the cluster's nodes
 
     return [
         (r"/", dashboard.DashboardPage),
@@ -101,6 +102,7 @@ def routes() -> list[tuple[str, type]]:
         (r"/api/nodes/([^/]+)/history", metrics.NodeHistoryHandler),
         *jobs_views.routes(),                # /jobs and /api/jobs
         *scrapyd.routes(),                   # scrapyd's paths: schedule.json, listjobs.json, /logs/..., ...
+        *control.routes(),                   # /api/control/<command>: spiderflow control / inspect
         (r"/api/.*", ApiNotFoundHandler),
     ]
 

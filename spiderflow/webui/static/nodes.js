@@ -33,3 +33,41 @@
   document.body.dataset.refreshed = String(Date.now());
   window.setInterval(refresh, seconds * 1000);
 })();
+
+/* The control buttons of each online node (spiderflow control ping / shutdown / pool-grow / pool-shrink),
+   by delegation: the rows are replaced at every refresh. */
+(() => {
+  const ARGS = {pool_grow: {n: 10}, pool_shrink: {n: 10}};
+
+  function summary(reply) {
+    if (reply && typeof reply === "object") {
+      if ("error" in reply) return "error: " + reply.error;
+      if ("ok" in reply) {
+        const extra = reply["max-concurrency"] !== undefined ? ` (${reply["max-concurrency"]} slots)` : "";
+        const up = reply.uptime !== undefined ? ` (${reply.kind}, pid ${reply.pid}, up ${Math.round(reply.uptime)} s)` : "";
+        return String(reply.ok) + extra + up;
+      }
+    }
+    return JSON.stringify(reply);
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-control]");
+    if (!button) return;
+    const command = button.dataset.control;
+    const node = button.dataset.node;
+    if (command === "shutdown" && !window.confirm(`Shut down ${button.dataset.name || node}? It finishes the work in hand, then exits.`)) return;
+    button.disabled = true;
+    try {
+      const data = await SF.api("POST", `/api/control/${command}`, {destination: [node], timeout: 2, ...(ARGS[command] || {})});
+      const replies = Object.entries(data.replies || {});
+      if (!replies.length) SF.toast(`${command}: no reply from the node within 2 s`, "error");
+      else SF.toast(replies.map(([name, reply]) => `${name}: ${summary(reply)}`).join("; "),
+                    replies.some(([, r]) => r && r.error) ? "error" : "info");
+    } catch (e) {
+      SF.toast(`${command}: ${e.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+})();
