@@ -24,14 +24,13 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from integration.conftest import SPIDERFLOW, ProcessGroup, free_port, wait_for
+from tool_venv import tool_venv
 
 from spiderflow.testing import serve_in_thread
 from spiderflow.testing.pages import link_farm_url
@@ -79,29 +78,12 @@ class Handler(BaseHandler):
 '''
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("SPIDERFLOW_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason + " (SPIDERFLOW_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def scrapydweb_bin() -> Path:
     """The ``bin`` directory of ScrapydWeb's own virtual environment (made once with pip)."""
     if os.environ.get("SPIDERFLOW_SKIP_SCRAPYDWEB") == "1":
         pytest.skip("SPIDERFLOW_SKIP_SCRAPYDWEB=1")
-    bin_dir = SCRAPYDWEB_VENV / "bin"
-    if not (bin_dir / "scrapydweb").exists():
-        base_python = getattr(sys, "_base_executable", sys.executable)
-        try:
-            subprocess.run([base_python, "-m", "venv", "--clear", str(SCRAPYDWEB_VENV)], check=True,
-                           capture_output=True, timeout=120)
-            subprocess.run([str(bin_dir / "pip"), "install", "-q", "--disable-pip-version-check",
-                            SCRAPYDWEB_REQUIREMENT], check=True, capture_output=True, text=True, timeout=300)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            output = getattr(exc, "stderr", "") or ""
-            _unavailable(f"cannot install {SCRAPYDWEB_REQUIREMENT} into {SCRAPYDWEB_VENV}: {exc} {str(output)[-800:]}")
-    return bin_dir
+    return tool_venv(SCRAPYDWEB_VENV, SCRAPYDWEB_REQUIREMENT, "scrapydweb")
 
 
 class Setup:

@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ import pytest
 
 from spiderflow.testing import TestServer, serve_in_thread
 from spiderflow.testing.pages import link_farm_reachable, link_farm_url
+from tool_venv import tool_venv
 
 from .conftest import SPIDERFLOW, ProcessGroup, free_port, project_name, wait_for
 
@@ -369,28 +369,11 @@ CLIENT_REQUIREMENT = "scrapyd-client>=2.0,<3"
 CLIENT_VENV = Path(os.environ.get("SPIDERFLOW_TEST_SCRAPYD_CLIENT_VENV", "/tmp/spiderflow-test-scrapyd-client"))
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("SPIDERFLOW_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason + " (SPIDERFLOW_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def scrapyd_client() -> Path:
     """The ``bin`` directory of a virtual environment with scrapyd-client (which needs Scrapy, so
     it stays out of the test environment), made once with pip at *CLIENT_VENV*."""
-    bin_dir = CLIENT_VENV / "bin"
-    if not (bin_dir / "scrapyd-client").exists():
-        base_python = getattr(sys, "_base_executable", sys.executable)
-        try:
-            subprocess.run([base_python, "-m", "venv", "--clear", str(CLIENT_VENV)], check=True,
-                           capture_output=True, timeout=120)
-            subprocess.run([str(bin_dir / "pip"), "install", "-q", "--disable-pip-version-check", CLIENT_REQUIREMENT],
-                           check=True, capture_output=True, text=True, timeout=240)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            output = getattr(exc, "stderr", "") or ""
-            _unavailable(f"cannot install {CLIENT_REQUIREMENT} into {CLIENT_VENV}: {exc} {str(output)[-800:]}")
-    return bin_dir
+    return tool_venv(CLIENT_VENV, CLIENT_REQUIREMENT, "scrapyd-client", timeout=240)
 
 
 def run_cli(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
