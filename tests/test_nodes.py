@@ -382,6 +382,9 @@ def test_sigusr1_dumps_threads_and_sigterm_stops_every_node(tmp_path):
     try:
         nodes = _wait_for(lambda: _online(data), lambda n: FOUR <= {x["kind"] for x in n}, "4 online nodes")
         processor = next(n for n in nodes if n["kind"] == "processor")
+        # registered comes before the main loop: dump once it waits for tasks, not while it starts
+        _wait_for(lambda: _read(log), lambda text: f"{processor['pid']} spiderflow.processor.processor] "
+                  "processor starting" in text, "the processor's main loop")
         os.kill(processor["pid"], signal.SIGUSR1)
         dump = _wait_for(lambda: _read(log), lambda text: f"thread dump (pid {processor['pid']}" in text,
                          "a thread dump in the log")
