@@ -392,9 +392,11 @@ class Node:
         now = self.clock()
         done = out.get("done")
         if isinstance(done, (int, float)):
-            if self._last_done is not None and now > self._last_done[0]:
+            if self._last_done is None:
+                self._last_done = (now, done)
+            elif now - self._last_done[0] >= self.interval / 4:    # a beat soon after another (the
                 out["rate"] = round(max(0.0, done - self._last_done[1]) / (now - self._last_done[0]), 3)
-            self._last_done = (now, done)
+                self._last_done = (now, done)                    # one at stop) tells no rate
         out["cpu"] = round(cpu_seconds(), 3)
         out["rss_mb"] = rss_mb()
         out.update(host_health(self.data_dir))

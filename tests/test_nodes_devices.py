@@ -203,7 +203,7 @@ def test_heartbeats_carry_host_health_capabilities_and_throughput(db_url, tmp_pa
         assert beat["load1"] >= 0 and beat["net_sent"] > 0 and beat["net_recv"] > 0
         assert beat["in_flight"] == 3 and beat["errors"] == 1 and beat["rss_mb"] > 1 and beat["cpu"] > 0
     rates = [b["rate"] for b in beats if b["rate"] is not None]
-    assert len(rates) >= 3 and all(0 < r < 10_000 for r in rates)       # 10 per beat of about 0.1 s
+    assert len(rates) >= 3 and all(0 < r < 500 for r in rates)   # 10 per beat of about 0.1 s; none from the stop beat
     assert [b["done"] for b in beats] == sorted(b["done"] for b in beats)
     db.close()
 
