@@ -15,7 +15,7 @@ reads them here.
 :class:`ControlWatch` is what a node knows of them: read at start and then every
 :data:`REFRESH` seconds by a daemon thread of its own (only the rows added since the last
 read), and updated at once by a broadcast ``revoke``; a database outage keeps the last
-answer and is logged once (the same pattern as :class:`spiderflow.jobs.watch.JobWatch`).
+answer and is logged once (:class:`spiderflow.storage.Poller`, as for :class:`spiderflow.jobs.watch.JobWatch`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..exceptions import ConfigError, StorageError
+from ..exceptions import ConfigError
 from ..message import validate_project_name
-from ..storage import Outage
+from ..storage import Poller
 from ..storage.base import (
     MAX_TASKID,
     METADATA,
@@ -195,7 +195,7 @@ def connect_controldb(url: str) -> ControlDB:
     return _connect(ControlDB, url)
 
 
-class ControlWatch:
+class ControlWatch(Poller):
     """What this node knows of revokes and time limits (see the module docstring).
 
     ``revoked(task)`` is on the hot path of every fetch, process and dispatch: with no revoke
@@ -203,10 +203,12 @@ class ControlWatch:
     readers on other threads need no lock.
     """
 
+    name = "control-watch"
+
     def __init__(self, db: Any, clock: Callable[[], float] = time.time, refresh: float = REFRESH):
+        super().__init__(refresh)
         self.db = db
         self._clock = clock
-        self.refresh = refresh
         self.any = False
         self._entries: dict[tuple[str, str], Revoke] = {}   # (project, taskid) -> the latest entry
         self._ids: frozenset[tuple[str, str]] = frozenset()
@@ -214,10 +216,6 @@ class ControlWatch:
         self._limits: dict[str, float] = {}
         self._last_id = 0
         self._lock = threading.Lock()
-        self._outage = Outage("control watch")
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._read = threading.Event()
         self.dropped = 0
         self._logged: set[tuple[str, str]] = set()
 
@@ -309,30 +307,7 @@ class ControlWatch:
     def start(self, wait: float = 2.0) -> ControlWatch:
         """Read in a daemon thread; wait up to *wait* s for the first read (so a restarted node
         never works on a task revoked before it started)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="control-watch", daemon=True)
-            self._thread.start()
-            self._read.wait(wait)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.read()
-            except StorageError as exc:
-                self._read.set()
-                self._stop.wait(self._outage.failed(exc))
-                continue
-            except Exception:   # the thread must live on: what is missed now is read next time
-                logger.exception("control watch: reading the revokes failed")
-            else:
-                if self._outage.since is not None:
-                    self._outage.recovered()
-            self._read.set()
-            self._stop.wait(self.refresh)
+        return super().start(wait)
 
 
 __all__ = ["ANY", "REFRESH", "ControlDB", "ControlWatch", "Revoke", "connect_controldb", "revokes_for"]

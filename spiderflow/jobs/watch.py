@@ -11,13 +11,12 @@ and is logged once (:class:`spiderflow.storage.Outage`).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import StorageError
-from ..storage import Outage
+from ..storage import Poller
 
 logger = logging.getLogger(__name__)
 
@@ -44,57 +43,34 @@ class Job:
         return f"Job({self.id!r}, args={self.args!r})"
 
 
-class JobWatch:
+class JobWatch(Poller):
     """Cancelled jobs and job arguments, read from a :class:`~spiderflow.jobs.JobDB`.
 
-    The cancelled jobs are read by a daemon thread of its own (started by the first call of
-    :meth:`cancelled`), so the asking loop never waits for the database.
+    The cancelled jobs are read by a daemon thread of its own (:class:`~spiderflow.storage.Poller`,
+    started by the composition root, or by the first call of :meth:`cancelled`), so the asking
+    loop never waits for the database.
     """
 
+    name = "job-watch"
+
     def __init__(self, jobdb: Any, clock: Callable[[], float] = time.time, refresh: float = REFRESH):
+        super().__init__(refresh)
         self.jobdb = jobdb
         self._clock = clock
-        self.refresh = refresh
         self._cancelled: frozenset[str] = frozenset()
         self._jobs: dict[str, Job | None] = {}
-        self._outage = Outage("job watch")
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._read = threading.Event()
         self.dropped = 0
 
     def cancelled(self, job_id: str | None) -> bool:
         """Whether *job_id* (a task's ``schedule.job``) belongs to a cancelled job."""
         if job_id is None:
             return False
-        if self._thread is None:
-            self.start()
-            self._read.wait(self.refresh * 5)   # the first answer, so a cancel is never missed at start
+        if not self.started:     # the first answer, so a cancel is never missed at start
+            self.start(wait=self.refresh * 5)
         return job_id in self._cancelled
 
-    def start(self) -> JobWatch:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="job-watch", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._cancelled = frozenset(self.jobdb.cancelled_since(self._clock() - MEMORY))
-            except StorageError as exc:
-                self._stop.wait(self._outage.failed(exc))
-                continue
-            except Exception:   # the thread must live on: a cancel missed now is seen at the next read
-                logger.exception("job watch: reading the cancelled jobs failed")
-            else:
-                if self._outage.since is not None:
-                    self._outage.recovered()
-                self._read.set()
-            self._stop.wait(self.refresh)
+    def read(self) -> None:
+        self._cancelled = frozenset(self.jobdb.cancelled_since(self._clock() - MEMORY))
 
     def job(self, job_id: str | None) -> Job | None:
         """The :class:`Job` of *job_id*, or None (no job, or gone from the table)."""

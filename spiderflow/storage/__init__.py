@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from ..exceptions import ConfigError, UnknownSchemeError, redact_url
+from ..exceptions import ConfigError, StorageError, UnknownSchemeError, redact_url
 from .engine import cached_engine, dispose_engines, new_engine, release_engine
 from .nodedb import NodeDB
 from .projectdb import ProjectDB
@@ -100,7 +101,7 @@ def connect_nodedb(url: str) -> NodeDB:
 
 __all__ = [
     "DIALECTS", "Databases", "Dialect", "NodeDB", "ProjectDB", "ResultDB", "TaskDB", "connect_nodedb", "connect_projectdb",
-    "connect_resultdb", "Outage", "connect_taskdb", "create_engine", "dispose_engines", "open_databases", "resolve_url",
+    "connect_resultdb", "Outage", "Poller", "connect_taskdb", "create_engine", "dispose_engines", "open_databases", "resolve_url",
 ]
 
 
@@ -166,3 +167,57 @@ class Outage:
             self.since = None
             self.failures = 0
             self.delay = 0.0
+
+
+class Poller:
+    """A daemon thread that calls :meth:`read` now and then every *refresh* seconds, for what a
+    component keeps of the shared database in memory (cancelled jobs, revokes): the asking
+    loop never waits for the database. An outage keeps the last answer and is logged once
+    (:class:`Outage`); any other error is logged and the next read tries again.
+    """
+
+    #: the thread's name, and who the log lines speak of
+    name = "poller"
+
+    def __init__(self, refresh: float):
+        self.refresh = refresh
+        self._outage = Outage(self.name.replace("-", " "))
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._read = threading.Event()
+
+    def read(self) -> None:
+        """Read from the database (raises StorageError)."""
+        raise NotImplementedError
+
+    def start(self, wait: float = 0.0) -> Any:
+        """Start the thread (once); wait up to *wait* s for the first read."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name=self.name, daemon=True)
+            self._thread.start()
+        if wait:
+            self._read.wait(wait)
+        return self
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.read()
+            except StorageError as exc:
+                self._read.set()        # answered, if only by the outage: nobody waits on it
+                self._stop.wait(self._outage.failed(exc))
+                continue
+            except Exception:   # the thread must live on: what is missed now is read next time
+                logger.exception("%s: reading the database failed", self._outage.who)
+            else:
+                if self._outage.since is not None:
+                    self._outage.recovered()
+            self._read.set()
+            self._stop.wait(self.refresh)
