@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from spiderflow.testing import TestServer, serve_in_thread
+from unavailable import unavailable
 
 SERVICE_URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -47,13 +48,6 @@ def _reachable(url: str, kind: str) -> bool:
         return False
 
 
-def _unavailable(reason: str) -> None:
-    """Skip the test, or fail it under ``SPIDERFLOW_REQUIRE_SERVICES=1``."""
-    if os.environ.get("SPIDERFLOW_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason + " (SPIDERFLOW_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(reason)
-
-
 def service_url(kind: str) -> str:
     """The configured URL of service *kind* (for a database: the server's, not this run's)."""
     return os.environ.get(f"SPIDERFLOW_TEST_{kind.upper()}_URL", SERVICE_URLS[kind])
@@ -63,13 +57,13 @@ def require_service(kind: str) -> str:
     """The URL of local service *kind* (for a database: this run's own); skip (or fail, when required) if it is down."""
     url = service_url(kind)
     if not _reachable(url, kind):
-        _unavailable(f"{kind} is not reachable at {urlsplit(url).hostname}:{urlsplit(url).port}; "
+        unavailable(f"{kind} is not reachable at {urlsplit(url).hostname}:{urlsplit(url).port}; "
                      f"start it or set SPIDERFLOW_TEST_{kind.upper()}_URL")
     if kind in RUN_DATABASES.kinds:
         try:
             return RUN_DATABASES.url(kind, url)
         except Exception as exc:  # e.g. a user without CREATE DATABASE
-            _unavailable(f"cannot create this run's {kind} database {RUN_DATABASES.name}: {exc}")
+            unavailable(f"cannot create this run's {kind} database {RUN_DATABASES.name}: {exc}")
     return url
 
 

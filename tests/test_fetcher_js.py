@@ -24,6 +24,7 @@ from spiderflow.message import Fetch, Task
 from spiderflow.processor.response import Response
 from spiderflow.queues.memory import MemoryQueue
 from spiderflow.settings import Settings
+from unavailable import unavailable
 
 CHROMIUM = os.environ.get("SPIDERFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
 SETTINGS = Settings(poolsize=10, timeout=15.0, connect_timeout=5.0, chromium_path=CHROMIUM)
@@ -33,9 +34,7 @@ SETTINGS = Settings(poolsize=10, timeout=15.0, connect_timeout=5.0, chromium_pat
 def browser_ready():
     reason = js_unavailable(CHROMIUM)
     if reason:
-        if os.environ.get("SPIDERFLOW_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason + " (SPIDERFLOW_REQUIRE_SERVICES=1)", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,11 @@ is skipped, or fails under ``SPIDERFLOW_REQUIRE_SERVICES=1`` (CI).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-
-def unavailable(reason: str) -> None:
-    """Skip the test for *reason*; fail it instead where services are required."""
-    if os.environ.get("SPIDERFLOW_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason + " (SPIDERFLOW_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(reason)
+from unavailable import unavailable
 
 
 def tool_venv(venv: Path, requirement: str, command: str, timeout: float = 300) -> Path:

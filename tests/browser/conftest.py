@@ -30,6 +30,7 @@ from spiderflow.settings import Settings
 from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb
 from spiderflow.webui import WebUIServer, make_app
 from test_webui_scheduler import ControlServer
+from unavailable import unavailable
 
 CHROMIUM = os.environ.get("SPIDERFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -51,9 +52,7 @@ def browser():
     while it runs, so it must end before other modules call asyncio.run()."""
     reason = _browser_missing()
     if reason:
-        if os.environ.get("SPIDERFLOW_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason + " (SPIDERFLOW_REQUIRE_SERVICES=1)", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
