@@ -123,7 +123,7 @@ class Crawl:
         return next((p["rate"] for p in client.projects() if p["name"] == name), None)
 
 
-def run_scenario(crawl: Crawl, kinds: dict[str, int], alive, fetcher_ended, kill) -> None:
+def run_scenario(crawl: Crawl, kinds: dict[str, int], alive, fetcher_ended, kill) -> int:
     """The crawl of the module docstring on a running cluster. *kinds*: how many nodes of each
     kind answer; *fetcher_ended(pid)* waits for a fetcher's process to end and returns its exit
     code; *kill(kind)* SIGKILLs a node of *kind* and returns its pid."""
@@ -266,6 +266,7 @@ def run_scenario(crawl: Crawl, kinds: dict[str, int], alive, fetcher_ended, kill
     assert f"result-worker@{host}:{killed}" not in replies
     assert {r["kind"] for r in replies.values()} >= {"scheduler", "fetcher", "processor"}
     assert took <= 1.5, f"a dead node made ping take {took:.2f} s with a 1 s timeout"
+    return killed
 
 
 def _timed(fn, *args, **kwargs):
@@ -300,7 +301,14 @@ def test_control_on_spiderflow_all(procs, httpbin, tmp_path):
         return pid
 
     kinds = {"scheduler": 1, "fetcher": 2, "processor": 1, "result-worker": 1, "webui": 1}
-    run_scenario(crawl, kinds, alive, fetcher_ended, kill)
+    killed = run_scenario(crawl, kinds, alive, fetcher_ended, kill)
+
+    # the supervisor starts the killed result worker again, and the new one answers
+    def restarted() -> bool:
+        return any(r["kind"] == "result-worker" and r["pid"] != killed
+                   for r in crawl.call("ping", timeout=1).values())
+    wait_for(restarted, 30, "the restarted result worker to answer ping", interval=0.2, alive=alive)
+    assert _grep(procs, "all: result-worker #0 died (exit code -9); restarting it")
 
     # the web UI: the same commands as JSON calls, with its auth rules
     base = f"http://127.0.0.1:{webui_port}"
