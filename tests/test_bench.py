@@ -99,6 +99,47 @@ def test_scrapy_run_for_two_seconds_writes_json_to_stdout(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_distributed_run_on_redis_and_postgresql_leaves_nothing_behind(tmp_path):
+    from conftest import require_service
+
+    from spiderflow.storage import connect_projectdb, connect_resultdb, connect_taskdb
+    redis_url, db = require_service("redis"), require_service("postgresql")
+    out = bench("--queue", redis_url, "--taskdb", db, "--total", "200", "--show", "5", "--fetcher-num", "2",
+                "--json", "summary.json", "-q", cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = summary_line(out.stdout)
+    reachable = len(link_farm_reachable(200, 5))
+    assert line.group(2) == "distributed-redis" and int(line.group(4)) == reachable and line.group(13) == "ok"
+    data = json.loads((tmp_path / "summary.json").read_text())
+    params = data["params"]
+    assert params["fetcher_num"] == 2 and params["queue_prefix"].startswith("sfbench")
+    assert params["taskdb"] == params["projectdb"] == params["resultdb"]
+    assert data["counts"]["result-worker"]["saved"] == reachable
+    # the run's queues and project are gone from the shared services
+    import redis
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{params['queue_prefix']}:*")) == []
+    finally:
+        client.close()
+    project = params["project"]
+    projectdb, taskdb, resultdb = connect_projectdb(db), connect_taskdb(db), connect_resultdb(db)
+    try:
+        assert projectdb.get(project) is None and resultdb.count(project) == 0
+        assert sum(taskdb.status_count(project).values()) == 0
+    finally:
+        for handle in (projectdb, taskdb, resultdb):
+            handle.close()
+    assert sorted(os.listdir(tmp_path)) == ["summary.json"]
+
+
+def test_distributed_run_refuses_a_queue_processes_cannot_share(tmp_path):
+    out = bench("--queue", "memory://", "--total", "10", cwd=tmp_path)
+    assert out.returncode != 0 and "needs a queue that separate processes share" in out.stderr, out.stderr
+    out = bench("--taskdb", "sqlite:///x.db", "--total", "10", cwd=tmp_path)
+    assert out.returncode == 2 and "need --queue" in out.stderr, out.stderr
+
+
 def test_null_fetcher_in_process_needs_no_server_and_finds_the_same_pages(tmp_path):
     out = bench("--total", "200", "--show", "5", "--null-fetcher", "--in-process", "--quiet", "--json", "s.json",
                 cwd=tmp_path)

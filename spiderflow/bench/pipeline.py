@@ -49,10 +49,11 @@ class Processes:
 
     name = "processes"
 
-    def __init__(self, settings: Settings, null_fetcher: bool):
+    def __init__(self, settings: Settings, null_fetcher: bool, queues: dict[str, BaseQueue] | None = None):
         self.settings = settings
         self.ctx = multiprocessing.get_context("fork")
-        self.queues = connect_queues("multiprocessing://", settings.queue_bounds(), context=self.ctx)
+        self.queues = queues if queues is not None else connect_queues("multiprocessing://", settings.queue_bounds(),
+                                                                      context=self.ctx)
         self.plan = [("scheduler", 1), ("fetcher", max(1, settings.fetcher_num)),
                      ("processor", max(1, settings.processor_num)),
                      ("result-worker", max(1, settings.result_worker_num))]

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ..exceptions import ConfigError, redact_url
 from ..message import ProjectStatus
 from ..runtime.scripts import store_project
 from ..storage import open_databases
@@ -29,6 +31,8 @@ from .summary import Summary, percentile, task_figures
 from .workloads import BURST, NULL_BASE, PROJECT, RATE, Workload, make_workload
 
 POLL = 0.1
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,9 @@ class _Watch:
     """Polls the result count, prints progress once a second, and decides when the run is over."""
 
     def __init__(self, config: BenchConfig, workload: Workload, expected: int | None, topology: Any,
-                 resultdb: Any, out: TextIO | None):
+                 resultdb: Any, out: TextIO | None, project: str = PROJECT):
         self.config = config
+        self.project = project
         self.workload = workload
         self.expected = expected
         self.topology = topology
@@ -75,7 +80,7 @@ class _Watch:
     def poll(self) -> _End | None:
         now = time.monotonic()
         elapsed = now - self.t0
-        saved = self.resultdb.count(PROJECT)
+        saved = self.resultdb.count(self.project)
         end = None
         finished = self.expected is not None and saved >= self.expected
         timed_out = self.workload.seconds is not None and elapsed >= self.workload.seconds
@@ -99,14 +104,26 @@ def run_bench(config: BenchConfig, settings: Settings | None = None, out: TextIO
 
     settings = settings or Settings()
     with tempfile.TemporaryDirectory(prefix="spiderflow-bench-") as tmp:
-        settings = dataclasses.replace(settings, data_dir=tmp, taskdb=None, projectdb=None, resultdb=None,
-                                       queue=None)
+        if settings.queue:     # on real backends (spiderflow.bench.distributed), apart from anything else there
+            from .distributed import check_backends, run_tag
+            if config.in_process:
+                raise ConfigError("bench: --in-process runs on one event loop; leave out --queue (or --in-process)")
+            check_backends(settings)
+            if "prefix=" in settings.queue.split("?", 1)[-1] and "?" in settings.queue:
+                raise ConfigError("bench --queue: leave ?prefix= out of the URL; each run uses a prefix of its own")
+            tag = run_tag()
+            project = f"{PROJECT}_{tag}"
+            settings = dataclasses.replace(settings, data_dir=tmp, queue_prefix=f"sfbench{tag}")
+        else:
+            project = PROJECT
+            settings = dataclasses.replace(settings, data_dir=tmp, taskdb=None, projectdb=None, resultdb=None,
+                                           queue=None)
         server = None if config.null_fetcher else serve_in_process(serve=serve)
         try:
             workload = make_workload(config.workload, server.url if server else NULL_BASE,
                                      config.total, config.show, config.seconds)
             return _run(config, settings, workload, server.pid if server else None,
-                        out if config.progress else None)
+                        out if config.progress else None, project)
         finally:
             if server is not None:
                 server.stop()
@@ -123,27 +140,31 @@ class _Observed:
 
 
 def _run(config: BenchConfig, settings: Settings, workload: Workload, server_pid: int | None,
-         out: TextIO | None) -> Summary:
+         out: TextIO | None, project: str = PROJECT) -> Summary:
     expected_urls = workload.expected_urls()
     expected = None if expected_urls is None else len(expected_urls)
     dbs = open_databases(settings)
     try:
-        store_project(dbs.projectdb, PROJECT, workload.script, ProjectStatus.RUNNING, settings, RATE, BURST)
+        store_project(dbs.projectdb, project, workload.script, ProjectStatus.RUNNING, settings, RATE, BURST)
         if config.in_process:
             from .inprocess import InProcess
-            topology = InProcess(settings, config.null_fetcher, dbs, PROJECT)
+            topology = InProcess(settings, config.null_fetcher, dbs, project)
             seen = asyncio.run(_watch_in_process(topology, _Watch(config, workload, expected, topology,
-                                                                  dbs.resultdb, out), server_pid))
+                                                                  dbs.resultdb, out, project), server_pid))
         else:
-            from .pipeline import Processes
-            topology = Processes(settings, config.null_fetcher)
-            seen = _watch_processes(topology, _Watch(config, workload, expected, topology, dbs.resultdb, out),
-                                    server_pid)
+            if settings.queue:
+                from .distributed import Distributed
+                topology = Distributed(settings, config.null_fetcher)
+            else:
+                from .pipeline import Processes
+                topology = Processes(settings, config.null_fetcher)
+            seen = _watch_processes(topology, _Watch(config, workload, expected, topology, dbs.resultdb, out,
+                                                     project), server_pid, project)
         end = seen.end
-        latencies, mean_bytes = task_figures(dbs.taskdb, PROJECT, end.wall)
+        latencies, mean_bytes = task_figures(dbs.taskdb, project, end.wall)
         check = end.check
         if check == "ok" and expected_urls is not None:
-            stored = {row["url"] for row in dbs.resultdb.select(PROJECT)}
+            stored = {row["url"] for row in dbs.resultdb.select(project)}
             missing, extra = len(expected_urls - stored), len(stored - expected_urls)
             if missing or extra:
                 check = f"missing={missing},extra={extra}"
@@ -162,9 +183,19 @@ def _run(config: BenchConfig, settings: Settings, workload: Workload, server_pid
                     "processor_num": settings.processor_num, "result_worker_num": settings.result_worker_num,
                     "poolsize": settings.poolsize, "queue_maxsize": settings.queue_maxsize,
                     "newtask_queue_maxsize": settings.queue_bounds()["newtask_queue"],
-                    "start_url": workload.start_url},
+                    "start_url": workload.start_url,
+                    **({"queue": redact_url(settings.queue), "queue_prefix": settings.queue_prefix,
+                        "project": project, "taskdb": redact_url(settings.db_url("taskdb")),
+                        "projectdb": redact_url(settings.db_url("projectdb")),
+                        "resultdb": redact_url(settings.db_url("resultdb"))} if settings.queue else {})},
         )
     finally:
+        if project != PROJECT:      # a distributed run: its project leaves the shared databases
+            for db in (dbs.taskdb, dbs.resultdb, dbs.projectdb):
+                try:
+                    db.drop(project)
+                except Exception as exc:
+                    logger.warning("bench: could not drop project %s from %s: %s", project, type(db).__name__, exc)
         dbs.close()
 
 
@@ -181,11 +212,11 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
     return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
-def _watch_processes(topology: Any, watch: _Watch, server_pid: int | None) -> _Observed:
+def _watch_processes(topology: Any, watch: _Watch, server_pid: int | None, project: str = PROJECT) -> _Observed:
     topology.start()
     try:
         cpu0 = _cpu(topology, server_pid)
-        topology.kick(PROJECT)
+        topology.kick(project)
         watch.start()
         while True:
             time.sleep(POLL)

@@ -36,16 +36,23 @@ from .options import handles_errors
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @click.option("-v", "--verbose", is_flag=True, help="Let the components log at the configured level [WARNING only].")
 @click.option("--micro", is_flag=True, help="Run the micro benches (taskdb, queues, messages) instead of a crawl.")
-@click.option("--taskdb", default=None, metavar="URL", help="--micro: the taskdb to time [sqlite in a temporary directory].")
 @click.option("--queue", "queues", multiple=True, metavar="URL",
-              help="--micro: a queue backend to time, repeatable [memory:// and multiprocessing://].")
+              help="Run the components as a cluster on this broker (redis://... or amqp://...), each process "
+                   "with its own connections, instead of `all`'s multiprocessing queues. --micro: a queue "
+                   "backend to time, repeatable [memory:// and multiprocessing://].")
+@click.option("--taskdb", default=None, metavar="URL",
+              help="With --queue: the databases of the run (projectdb and resultdb too, unless given) [sqlite in a "
+                   "temporary directory]; its project bench_<hex> is dropped at the end. --micro: the taskdb to time.")
+@click.option("--projectdb", default=None, metavar="URL", help="With --queue: the projectdb [the --taskdb URL].")
+@click.option("--resultdb", default=None, metavar="URL", help="With --queue: the resultdb [the --taskdb URL].")
 @click.option("--count", type=click.IntRange(100), default=10_000, show_default=True,
               help="--micro: operations per figure.")
 @click.pass_context
 @handles_errors
 def bench(ctx: click.Context, workload: str, total: int, show: int, seconds: float, in_process: bool,
           null_fetcher: bool, max_seconds: float, json_path: str | None, quiet: bool, verbose: bool, micro: bool,
-          taskdb: str | None, queues: tuple[str, ...], count: int, **options) -> None:
+          taskdb: str | None, queues: tuple[str, ...], count: int, projectdb: str | None, resultdb: str | None,
+          **options) -> None:
     """Crawl the local test server as fast as possible and print one summary line.
 
     Live progress goes to stderr once a second; the summary line goes to stdout (to stderr
@@ -55,6 +62,17 @@ def bench(ctx: click.Context, workload: str, total: int, show: int, seconds: flo
     from ..bench import BenchConfig, run_bench, run_micro
     from ..bench.micro import DEFAULT_QUEUES, micro_line
 
+    if not micro:
+        if len(queues) > 1:
+            raise click.UsageError("bench: give --queue once for a crawl run (several only with --micro)")
+        if (taskdb or projectdb or resultdb) and not queues:
+            raise click.UsageError("bench: --taskdb/--projectdb/--resultdb need --queue (a run on real backends); "
+                                   "without it the run uses sqlite in a temporary directory")
+        if queues:
+            options.update(queue=queues[0], taskdb=taskdb, projectdb=projectdb or taskdb,
+                           resultdb=resultdb or taskdb)
+    elif projectdb or resultdb:
+        raise click.UsageError("bench --micro times --taskdb only")
     settings = get_settings(ctx, **options)
     root = ctx.find_root().obj or {}
     if not verbose and not (root.get("overrides") or {}).get("log_level"):
