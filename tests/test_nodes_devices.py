@@ -98,6 +98,53 @@ def test_a_stable_id_keeps_one_row_and_its_history(backend, db_url):
         db.close()
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_nodes_registering_at_the_same_moment_all_get_their_row(backend):
+    """On MySQL the SELECT ... FOR UPDATE of ids not yet there takes gap locks and the inserts then
+    deadlock: the server ends one registration, which must run again, not fail."""
+    import threading
+    url = require_service(backend)
+    fresh = None
+    if backend == "mysql":      # an empty table: its gaps are wide, as on a cluster's first start
+        fresh = f"sfrace_{uuid.uuid4().hex[:8]}"
+        server = sa.create_engine(url)
+        with server.begin() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {fresh}"))
+        url = str(sa.engine.make_url(url).set(database=fresh).render_as_string(hide_password=False))
+    count = 8
+    dbs = [storage.connect_nodedb(url) for _ in range(count)]
+    ids: list[str] = []
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def register(i: int) -> None:
+        try:
+            barrier.wait(10)
+            dbs[i].register(record(ids[i], session=f"{i:032d}"), timeout=60)
+        except BaseException as exc:    # noqa: BLE001 — reported below
+            errors.append(exc)
+
+    try:
+        for _round in range(5):      # the deadlock needs the moments to line up: a few rounds
+            ids[:] = [f"{uuid.uuid4().hex[:8]}-race" for _ in range(count)]    # spread over the index
+            threads = [threading.Thread(target=register, args=(i,)) for i in range(count)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert not errors, errors
+            assert {n["id"] for n in dbs[0].list(include_offline=True, timeout=60)} >= set(ids)
+            _drop(dbs[0], ids)
+    finally:
+        _drop(dbs[0], ids)
+        for db in dbs:
+            db.close()
+        if fresh is not None:
+            with server.begin() as conn:
+                conn.execute(sa.text(f"DROP DATABASE {fresh}"))
+            server.dispose()
+
+
 def test_a_live_node_of_another_process_keeps_its_id(nodedb):
     live = record("dev1", session="a" * 32, host="elsewhere", now=T0)
     nodedb.register(live, timeout=60)

@@ -77,6 +77,26 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(orig, (ConnectionError, TimeoutError))
 
 
+#: MySQL/MariaDB error codes of a transaction the server chose to end: retry it
+_MYSQL_RETRY = (1213, 1205)      # deadlock found; lock wait timeout
+#: PostgreSQL SQLSTATEs of the same: deadlock detected, serialization failure
+_PG_RETRY = ("40P01", "40001")
+
+
+def deadlocked(exc: BaseException) -> bool:
+    """Did the server end *exc*'s transaction over a deadlock or a lock wait (running it again may work)?"""
+    while exc is not None and not isinstance(exc, sa.exc.DBAPIError):
+        exc = exc.__cause__
+    if exc is None:
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _PG_RETRY:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_RETRY
+
+
 class BaseDB:
     """A database role on an engine: schema check on construction, guarded connections."""
 

@@ -23,6 +23,7 @@ Schema version 2 widened the id, added the registration and health columns and t
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,8 +31,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from ..exceptions import ConfigError
-from .base import METADATA, MIGRATIONS, MYSQL_TABLE, TEXT, BaseDB
+from ..exceptions import ConfigError, StorageUnavailable
+from .base import METADATA, MIGRATIONS, MYSQL_TABLE, TEXT, BaseDB, deadlocked
 
 #: what a heartbeat carries: the component's counts, the process, the host's health
 STATS = ("in_flight", "done", "errors", "rate", "cpu", "rss_mb", "cpu_percent", "memory_percent",
@@ -46,6 +47,8 @@ HISTORY = ("at", "in_flight", "done", "errors", "rate", "cpu", "rss_mb", "cpu_pe
 #: the order nodes are listed in: a device first, then the pipeline's
 KIND_ORDER = ("device", "scheduler", "fetcher", "processor", "result-worker", "webui", "one")
 MAX_ID = 128
+#: tries of a registration the database ended over a deadlock (nodes starting at the same moment)
+REGISTER_ATTEMPTS = 5
 
 RUNNING, STOPPED = "running", "stopped"       # stored
 ONLINE, OFFLINE = "online", "offline"         # derived from last_seen when read
@@ -168,6 +171,18 @@ class NodeDB(BaseDB):
             row["started_at"] = now
         if isinstance(row.get("capabilities"), (dict, list)):
             row["capabilities"] = json.dumps(row["capabilities"], sort_keys=True)
+        # nodes starting together: on MySQL their SELECT ... FOR UPDATE of ids not yet there take
+        # gap locks, and their inserts then deadlock; the server ends one, which runs again
+        for attempt in range(REGISTER_ATTEMPTS):
+            try:
+                return self._register(row, now, timeout, alive)
+            except StorageUnavailable as exc:
+                if attempt == REGISTER_ATTEMPTS - 1 or not deadlocked(exc):
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _register(self, row: dict[str, Any], now: float, timeout: float | None, alive: Alive | None) -> int:
         with self._write("register") as conn:
             query = sa.select(NODES).where(_c.id == row["id"])
             if self.dialect != "sqlite":      # SQLite's BEGIN IMMEDIATE already locks the database
