@@ -34,9 +34,15 @@ LOG_FORMAT = "[%(levelname).1s %(asctime)s %(process)d %(name)s] %(message)s"
 SERVING_COMMANDS = frozenset({"one", "all", "standalone", "scheduler", "fetcher", "processor", "result-worker", "webui"})
 
 
-def setup_logging(level: str) -> None:
-    """Install one stderr handler on the root logger (CLI and bench only)."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+def setup_logging(level: str, logfile: str | None = None) -> None:
+    """Install one handler on the root logger (CLI and bench only): stderr, or the file *logfile*
+    (appended; it and its directory created owner-only: :class:`spiderflow.runtime.worker.LogFile`)."""
+    if logfile is not None:
+        from ..runtime.worker import LogFile
+        handler: logging.Handler = LogFile(logfile)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, handlers=[handler], force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(EscapeControls())   # a task id or URL cannot end a line and forge the next
     logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -101,7 +107,7 @@ def show_config(ctx: click.Context) -> None:
 def _register() -> None:
     from . import all as all_cmd
     from . import bench, components, demo_site, export, import_pyspider, job, nodes, one, project, queue, standalone, webui
-    from .options import node_options
+    from .options import node_options, worker_options
     for module in (one, all_cmd, standalone, components, project, export, import_pyspider, demo_site, webui, bench,
                    nodes, queue, job):
         for command in module.COMMANDS:
@@ -111,6 +117,9 @@ def _register() -> None:
         main.add_command(command)
     for command in (all_cmd.COMMANDS + components.COMMANDS + webui.COMMANDS):   # every serving command's node
         node_options(command)
+        worker_options(command)     # -n/--hostname, --logfile, --pidfile, --detach; SIGHUP restarts
+    for command in standalone.COMMANDS:     # its node name is the device's
+        worker_options(command, name_option="--device-name")
 
 
 _register()

@@ -51,6 +51,7 @@ def all_command(ctx: click.Context, scripts: tuple[str, ...], exit_when_done: bo
 
     Defaults: sqlite databases in the data directory and multiprocessing queues. Ctrl-C or
     SIGTERM stops everything (warm: in-flight work is finished); a second signal stops at once.
+    SIGHUP stops everything warmly and starts it again in the same process.
     """
     settings = get_settings(ctx, **read_secret_files(options, "password", "token"))
     projects = [read_script(path) for path in scripts]

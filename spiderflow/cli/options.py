@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -68,6 +69,77 @@ def node_options(command: Any) -> Any:
                         help="Stable id of this node in the registry: a restart with it updates its row and keeps "
                              "its history; a second live node with it is refused [a new random id per start]."
                         )(command)
+
+
+WORKER_CODES = ("%p the node name (-n, else COMMAND@HOST), %n its part before '@', %h its part after '@' "
+                "(else the host name), %d that host's domain, %i the process index (0: this process; under "
+                "`all`/`standalone` 1, 2, ... for its components: scheduler, fetchers, processors, result "
+                "workers, web UI), %I the same as '', -1, -2, ..., %% a %")
+
+
+def worker_options(command: Any, name_option: str = "--node-name") -> Any:
+    """-n/--hostname, --logfile, --pidfile and --detach on a serving command (its function or an
+    already built click Command), whose body then runs through :func:`spiderflow.runtime.worker.serve`
+    (SIGHUP then restarts it in place). *name_option* is the option -n stands for."""
+    name_param = name_option.lstrip("-").replace("-", "_")
+    if isinstance(command, click.Command):
+        command.callback = _serving(command.callback, name_param, name_option)
+    else:
+        command = _serving(command, name_param, name_option)
+    command = click.option("-n", "--hostname", default=None, metavar="NAME",
+                           help=f"Node name of this process, as {name_option} (give one of them): %h the host "
+                                "name, %n its part before the first dot, %d the part after it, %% a %; e.g. "
+                                "-n fetcher1@%h. Under `all` each component is NAME/KIND#N.")(command)
+    command = click.option("--logfile", default=None, metavar="PATH",
+                           help="Log to this file instead of stderr (appended; created owner-only, with its "
+                                f"directory). {WORKER_CODES}. Under `all`, a PATH with %i or %I gives each "
+                                "process a file of its own; without, they share it "
+                                "[--detach: DATA_DIR/logs/COMMAND.log].")(command)
+    command = click.option("--pidfile", default=None, metavar="PATH",
+                           help="Write this process's pid to this file (owner-only), removed at exit; refuse "
+                                "to start while it names a running spiderflow process, replace it when that "
+                                "process has gone. The codes of --logfile [--detach: DATA_DIR/COMMAND.pid].")(command)
+    return click.option("--detach", is_flag=True, default=False,
+                        help="Run in the background as a daemon (no terminal, working directory kept); print "
+                             "its pid and log file once it runs. With --logfile [DATA_DIR/logs/COMMAND.log] and "
+                             "--pidfile [DATA_DIR/COMMAND.pid]. SIGHUP to any serving command restarts it in "
+                             "place (warm stop, then the same pid runs the same command again).")(command)
+
+
+def _serving(callback: Callable, name_param: str, name_option: str) -> Callable:
+    @functools.wraps(callback)
+    def serve(**kwargs: Any) -> Any:
+        from ..runtime import worker
+        from . import get_settings, setup_logging
+
+        hostname, logfile, pidfile = (kwargs.pop(key, None) for key in ("hostname", "logfile", "pidfile"))
+        detach = bool(kwargs.pop("detach", False))
+        if worker.serving():    # `standalone` runs `all` in its own process: its options were applied once
+            return callback(**kwargs)
+        ctx = click.get_current_context()
+        if hostname is not None:
+            if kwargs.get(name_param) is not None:
+                raise click.UsageError(f"give -n/--hostname or {name_option}, not both")
+            with user_errors():
+                kwargs[name_param] = worker.expand_hostname(hostname)
+        settings = get_settings(ctx)
+        command = ctx.command.name or ctx.info_name or "spiderflow"
+        node_name = kwargs.get(name_param) or settings.node_name or f"{command}@{socket.gethostname()}"
+
+        def body() -> int:
+            try:
+                callback(**kwargs)
+            except click.exceptions.Exit as exc:
+                return exc.exit_code
+            return 0
+
+        with user_errors():
+            code = worker.serve(command, body, node_name=node_name, data_dir=settings.data_dir, logfile=logfile,
+                                pidfile=pidfile, detach=detach,
+                                use_logfile=lambda path: setup_logging(settings.log_level, path))
+        if code:
+            ctx.exit(code)
+    return serve
 
 
 def secret_file_option(name: str) -> Callable:

@@ -159,8 +159,11 @@ def start_device(settings: Settings, kinds: list[str]):
 
 def component_settings(settings: Settings, kind: str, index: int) -> Settings:
     """The settings of component *kind* number *index* of ``all``: on a device (``node_id``),
-    the node ``ID/kind#index`` of that device (the device's node alone does the monitoring)."""
+    the node ``ID/kind#index`` of that device (the device's node alone does the monitoring);
+    with only a ``node_name`` NAME, the node named ``NAME/kind#index`` (with an id of its own)."""
     if not settings.node_id:
+        if settings.node_name:
+            return settings.replace(node_name=f"{settings.node_name}/{kind}#{index}")
         return settings
     from ..nodes import component_identity
     node_id, name = component_identity(settings.node_id, settings.node_name, kind, index)

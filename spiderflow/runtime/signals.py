@@ -90,7 +90,8 @@ def starting(name: str, sigint: bool = True) -> Iterator[None]:
     try:
         yield
     except StartupInterrupted as exc:
-        logger.info("%s: %s received during start-up; exiting", _startup["name"], exc.signal_name)
+        logger.info("%s: %s received during start-up; %s", _startup["name"], exc.signal_name,
+                    "restarting" if exc.signum == signal.SIGHUP else "exiting")
         raise SystemExit(0) from None
     finally:
         if outermost:
@@ -100,6 +101,9 @@ def starting(name: str, sigint: bool = True) -> Iterator[None]:
 def install_stop_signals(stop: Callable[[], None], name: str, sigint: bool = True,
                          grace: float | None = None) -> None:
     """First SIGTERM/SIGINT: warm stop (``stop()``); a second one or SIGQUIT: cold, exit now.
+
+    In the main process of a serving command (:mod:`.worker`), SIGHUP is a warm stop followed
+    by a restart in place, and the start of a ``--detach`` daemon is over.
 
     With ``sigint=False`` (the children of ``all``) Ctrl-C is left to the parent, which
     passes it on as one SIGTERM, so a single Ctrl-C stays a warm shutdown. With *grace*, a
@@ -128,10 +132,19 @@ def install_stop_signals(stop: Callable[[], None], name: str, sigint: bool = Tru
         logging.shutdown()
         os._exit(1)
 
+    def hup(signum: int, frame: Any) -> None:
+        if "at" not in first:     # a SIGHUP while stopping already counts as a second stop signal
+            worker.request_restart()
+        warm(signum, frame)
+
+    from . import worker    # here: it imports this module
     signal.signal(signal.SIGTERM, warm)
     signal.signal(signal.SIGINT, warm if sigint else signal.SIG_IGN)
     signal.signal(signal.SIGQUIT, cold)
     signal.signal(signal.SIGUSR1, lambda _signum, frame: dump_threads(name, frame))
+    if worker.restarts_here():      # the main process of a serving command: SIGHUP restarts it in place
+        signal.signal(signal.SIGHUP, hup)
+        worker.ready()
 
 
 def _cold_after(grace: float, name: str) -> None:

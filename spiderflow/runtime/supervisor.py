@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from .component import run_component, run_webui
 from .compose import check_port_free, component_settings, queue_scheme, scheduler_lock, start_device
 from .scripts import check_script, store_project
 from .signals import die_with_parent, install_stop_signals, starting
+from .worker import pool_process
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +136,15 @@ class Supervisor:
         self.target = target or child_main
         self.procs: dict[tuple[str, int], Any] = {}
         self.restarts: dict[tuple[str, int], int] = {}
+        self.numbers: dict[tuple[str, int], int] = {}
         self.stopping = False
         self.relay: Any = None     # a spiderflow.control.relay.Relay (run_all sets it)
 
     def start(self, kind: str, index: int) -> None:
         target = self.target if self.relay is None else self.relay.wrap((kind, index), self.target)
+        # its process index (--logfile %i): 1, 2, ... in the order of first start; a restart keeps it
+        number = self.numbers.setdefault((kind, index), len(self.numbers) + 1)
+        target = functools.partial(pool_process, number, target)
         proc = self.ctx.Process(target=target, args=(kind, component_settings(self.settings, kind, index),
                                                      self.queues),
                                 name=f"spiderflow-{kind}-{index}", daemon=False)
