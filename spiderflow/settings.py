@@ -99,8 +99,17 @@ class Settings:
     js_idle_wait: float = 1.0                  # after load and js_script: up to this long for the network to go idle
 
     # -- processor -------------------------------------------------------------
-    process_time_limit: float = 30.0
+    process_time_limit: float = 30.0           # the hard limit of a callback, seconds (0: none)
+    process_soft_time_limit: float | None = None   # SoftTimeLimitExceeded (an Exception) is raised in the
+                                               # callback at this many seconds; below process_time_limit
     log_tail: int = 100                        # log lines kept per task in track
+    processor_pool: str | None = None          # solo (callbacks in the processor's process) or prefork
+                                               # (child processes); None: prefork when an option below needs it
+    processor_concurrency: int = 1             # prefork: callback child processes
+    processor_autoscale: str | None = None     # prefork: "MAX,MIN" children, grown on backlog, shrunk when idle
+    processor_autoscale_keepalive: float = 10.0    # autoscale: seconds with idle children before a shrink
+    max_tasks_per_child: int | None = None     # prefork: a child is replaced after this many tasks
+    max_memory_per_child: int | None = None    # prefork: ... once its resident memory passes this many KiB
 
     # -- result worker -----------------------------------------------------------
     result_batch: int = 100
@@ -151,7 +160,27 @@ class Settings:
     processor_num: int = 1
     result_worker_num: int = 1
 
+    def __post_init__(self) -> None:
+        for name in _CHECKED:
+            why = _check_value(name, getattr(self, name))
+            if why:
+                raise ConfigError(f"setting {name!r} {why}, not {getattr(self, name)!r}")
+        _check_processor_pool(self)
+
     # -- derived -------------------------------------------------------------------
+    def processor_pool_kind(self) -> str:
+        """``solo`` or ``prefork``: the one set, else prefork when a prefork-only setting asks for it."""
+        if self.processor_pool is not None:
+            return self.processor_pool
+        return "prefork" if _prefork_options(self) else "solo"
+
+    def processor_autoscale_range(self) -> tuple[int, int] | None:
+        """``(max, min)`` of ``processor_autoscale``, or None."""
+        if self.processor_autoscale is None:
+            return None
+        high, low = _autoscale_pair(self.processor_autoscale)
+        return high, low
+
     def db_url(self, role: str) -> str:
         """The database URL of *role* (``taskdb``, ``projectdb`` or ``resultdb``)."""
         url = getattr(self, role)
@@ -184,6 +213,74 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return load_settings(overrides=changes, base=self)
+
+
+def _autoscale_pair(text: str) -> tuple[int, int]:
+    """``"MAX,MIN"`` (Celery's --autoscale) as two ints; ValueError with the reason."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError("must be MAX,MIN: two whole numbers, e.g. 10,3")
+    high, low = int(parts[0]), int(parts[1])
+    if low < 1:
+        raise ValueError("must be MAX,MIN with MIN >= 1")
+    if high < low:
+        raise ValueError(f"must be MAX,MIN with MAX >= MIN ({high} < {low})")
+    return high, low
+
+
+def _check_value(name: str, value: Any) -> str | None:
+    """Why *value* is not a valid value of setting *name* (the processor pool's), or None."""
+    if value is None:
+        return None
+    if name in ("processor_concurrency", "max_tasks_per_child", "max_memory_per_child"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return "must be a whole number >= 1" + ("" if name == "processor_concurrency" else
+                                                   " (leave it unset for no limit)")
+    elif name in ("process_soft_time_limit", "processor_autoscale_keepalive"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            return "must be a finite number of seconds above 0"
+    elif name == "processor_pool":
+        if value not in POOLS:
+            return f"must be one of {', '.join(POOLS)}"
+    elif name == "processor_autoscale":
+        try:
+            _autoscale_pair(value)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+#: the processor pools: callbacks in the processor's own process, or in forked children
+POOLS = ("solo", "prefork")
+_CHECKED = ("processor_pool", "processor_concurrency", "processor_autoscale", "processor_autoscale_keepalive",
+            "max_tasks_per_child", "max_memory_per_child", "process_soft_time_limit")
+_FLAGS = {"processor_concurrency": "--concurrency", "processor_autoscale": "--autoscale",
+          "max_tasks_per_child": "--max-tasks-per-child", "max_memory_per_child": "--max-memory-per-child"}
+
+
+def _prefork_options(settings: Settings) -> list[str]:
+    """The settings given that only a prefork pool has (as their flags)."""
+    out = []
+    if settings.processor_concurrency > 1:
+        out.append(f"--concurrency {settings.processor_concurrency}")
+    for name in ("processor_autoscale", "max_tasks_per_child", "max_memory_per_child"):
+        if getattr(settings, name) is not None:
+            out.append(f"{_FLAGS[name]} {getattr(settings, name)}")
+    return out
+
+
+def _check_processor_pool(settings: Settings) -> None:
+    """The settings of the processor pool together: solo with prefork options, soft >= hard."""
+    if settings.processor_pool == "solo":
+        wanted = _prefork_options(settings)
+        if wanted:
+            raise ConfigError(f"the solo processor pool runs one callback at a time in the processor's own "
+                              f"process; {', '.join(wanted)} need(s) the prefork pool: give --pool prefork "
+                              "(processor_pool=prefork) or leave --pool out")
+    soft, hard = settings.process_soft_time_limit, settings.process_time_limit
+    if soft is not None and hard and hard > 0 and soft >= hard:
+        raise ConfigError(f"the soft time limit ({soft:g} s, --soft-time-limit / process_soft_time_limit) must be "
+                          f"below the hard one ({hard:g} s, --process-time-limit / process_time_limit)")
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
@@ -227,10 +324,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise bad()
         if not math.isfinite(number):   # inf and nan parse as floats, and no setting can be either
             raise bad(" (a finite number)")
+        if name in _CHECKED and (why := _check_value(name, number)):
+            raise ConfigError(f"{source}: setting {name!r} {why}, not {value!r}")
         return number
     if origin is str:
         if isinstance(value, str):
-            return value
+            if name in _CHECKED and (why := _check_value(name, value.strip().lower())):
+                raise ConfigError(f"{source}: setting {name!r} {why}, not {value!r}")
+            return value.strip().lower() if name in _CHECKED else value
         raise bad()
     if origin is tuple:
         if isinstance(value, str):

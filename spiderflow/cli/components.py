@@ -17,6 +17,7 @@ from ..runtime.component import run_component
 from ..runtime.compose import LOCAL_QUEUES
 from . import get_settings
 from .options import SECONDS, db_options, handles_errors, queue_options
+from .pool_options import pool_options
 
 
 def _run(ctx: click.Context, kind: str, burst: bool, **overrides) -> None:
@@ -73,6 +74,7 @@ def fetcher(ctx: click.Context, burst: bool, **options) -> None:
 @queue_options
 @db_options
 @click.option("--process-time-limit", type=SECONDS, default=None, help="Seconds a callback may run [30].")
+@pool_options
 @click.option("--burst", is_flag=True, help="Exit once the input queue is drained.")
 @click.pass_context
 @handles_errors

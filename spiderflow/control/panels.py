@@ -9,9 +9,11 @@ conf; the others depend on the kind:
 scheduler        rate_limit, pause, resume, revoke, registered, revoked (:mod:`.scheduler_panel`)
 fetcher          revoke (``terminate``: the fetch in flight is cancelled), pool_grow, pool_shrink,
                  autoscale (fetch slots), active, reserved, revoked
-processor        revoke (``terminate``: the outcome of the callback running now is dropped when it
-                 returns; a running callback cannot be aborted safely), time_limit, active,
-                 reserved, registered, revoked; its pool is one worker (pool commands answer so)
+processor        revoke (``terminate``: solo pool, the outcome of the callback running now is
+                 dropped when it returns, a running callback cannot be aborted safely; prefork
+                 pool, its child process is killed and replaced), time_limit, active, reserved,
+                 registered, revoked; pool_grow, pool_shrink, autoscale (child processes) with
+                 the prefork pool; the solo pool is one worker (pool commands answer so)
 result-worker    the common ones
 webui            the common ones
 ===============  ==================================================================================
@@ -47,8 +49,10 @@ logger = logging.getLogger(__name__)
 LOOP_WAIT = 1.0
 #: autoscale: seconds of spare slots before the pool shrinks by one step
 SHRINK_AFTER = 10.0
-PROCESSOR_POOL = ("processor pool is fixed at 1 worker: a processor runs one callback at a time; run more "
-                  "processors (spiderflow all --processor-num N, or more `spiderflow processor`)")
+PROCESSOR_POOL = ("processor pool is fixed at 1 worker: this processor runs its callbacks one at a time in its "
+                  "own process (--pool solo); start it with --pool prefork, --concurrency N or --autoscale MAX,MIN "
+                  "for a pool of child processes, or run more processors (spiderflow all --processor-num N, "
+                  "or more `spiderflow processor`)")
 SECRETS = ("password", "token", "scheduler_token", "cookie_secret")
 URLS = ("taskdb", "projectdb", "resultdb", "queue", "proxy")
 
@@ -396,24 +400,36 @@ class FetcherPanel(_WatchPanel):
 # -- processor ---------------------------------------------------------------------------------------------
 
 class ProcessorPanel(_WatchPanel):
-    """Revokes and runtime time limits before each callback, the task in hand."""
+    """Revokes and runtime time limits before each callback, the tasks in hand, the prefork pool."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.current: tuple[Any, float] | None = None
         self._terminate = False
 
-    # -- the hook (the processor's thread)
-    def handle(self, task: Any, fetch_result: Any) -> None:
-        """Process *task* as :meth:`Processor.handle`, unless revoked; with a runtime time limit."""
-        processor = self.component
+    @property
+    def prefork(self) -> Any:
+        """The processor's prefork pool (spiderflow.processor.pool), or None (solo)."""
+        return getattr(self.component, "pool", None)
+
+    # -- the hooks (the processor's thread)
+    def admit(self, task: Any) -> Any:
+        """*task* with its runtime time limit, or None (dropped, counted) when it is revoked."""
         watch = self.watch
         if watch.any and watch.revoked(task):
             watch.drop("processor", task)
-            return
+            return None
         limit = watch.time_limit(task.project)
         if limit is not None:
             task = dataclasses.replace(task, process=dataclasses.replace(task.process, time_limit=limit))
+        return task
+
+    def handle(self, task: Any, fetch_result: Any) -> None:
+        """Process *task* as :meth:`Processor.handle`, unless revoked; with a runtime time limit."""
+        processor = self.component
+        task = self.admit(task)
+        if task is None:
+            return
         self._terminate = False
         self.current = (task, time.time())
         try:
@@ -432,6 +448,19 @@ class ProcessorPanel(_WatchPanel):
         entries = self._revoke(revokes)
         if not any(e.terminate for e in entries):
             return self._flagged(entries)
+        pool = self.prefork
+        if pool is not None:        # Celery's terminate: the child running it is killed
+            killed = pool.terminate(lambda task: any(e.terminate and e.matches(task.project, task.taskid,
+                                                                                task.updatetime or 0.0)
+                                                     for e in entries))
+            if not killed:
+                return ok("terminate: tasks unknown")
+            logger.warning("control: terminated %s (revoked): killed child process(es) %s",
+                           ", ".join(f"{t.project}:{t.taskid}" for t, _ in killed),
+                           ", ".join(str(pid) for _, pid in killed))
+            return {**ok(f"terminate: {', '.join(f'{t.project}:{t.taskid}' for t, _ in killed)}"),
+                    "note": f"killed child process(es) {', '.join(str(pid) for _, pid in killed)}; the outcome is "
+                            "dropped and new children take their places"}
         current = self.current
         if current is not None:
             task = current[0]
@@ -450,14 +479,35 @@ class ProcessorPanel(_WatchPanel):
         return {**ok("time limits set successfully"), "project": project, "seconds": seconds}
 
     def do_pool_grow(self, ttl: float, n: int = 1) -> dict[str, Any]:
-        return error(PROCESSOR_POOL)
+        pool = self.prefork
+        if pool is None:
+            return error(PROCESSOR_POOL)
+        if pool.autoscale is not None:
+            return error("pool_grow is not supported with autoscale; adjust the autoscale range instead")
+        return {**ok("pool will grow"), "max-concurrency": pool.resize(pool.size + n)}
 
-    do_pool_shrink = do_pool_grow
+    def do_pool_shrink(self, ttl: float, n: int = 1) -> dict[str, Any]:
+        pool = self.prefork
+        if pool is None:
+            return error(PROCESSOR_POOL)
+        if pool.autoscale is not None:
+            return error("pool_shrink is not supported with autoscale; adjust the autoscale range instead")
+        return {**ok("pool will shrink"), "max-concurrency": pool.resize(pool.size - n)}
 
     def do_autoscale(self, ttl: float, max: int, min: int) -> dict[str, Any]:
-        return error(PROCESSOR_POOL)
+        pool = self.prefork
+        if pool is None:
+            return error(PROCESSOR_POOL)
+        if min > max:
+            return error(f"autoscale min {min} is above max {max}")
+        size = pool.set_autoscale(max, min)
+        return {**ok(f"autoscale now max={max} min={min}"), "max-concurrency": size}
 
     def do_active(self, ttl: float) -> list[dict[str, Any]]:
+        pool = self.prefork
+        if pool is not None:
+            return [describe_task(task, start, time_limit=limit, worker_pid=pid)
+                    for task, start, limit, pid in pool.active()[:MAX_ITEMS]]
         current = self.current
         if current is None:
             return []
@@ -466,16 +516,32 @@ class ProcessorPanel(_WatchPanel):
         return [describe_task(task, start, time_limit=limit)]
 
     def do_reserved(self, ttl: float) -> list[dict[str, Any]]:
-        return reserved_messages(self.component.inqueue)
+        pool = self.prefork
+        held = [describe_task(task) for task in pool.reserved_tasks()] if pool is not None else []
+        return (held + reserved_messages(self.component.inqueue))[:MAX_ITEMS]
 
     def do_registered(self, ttl: float) -> list[dict[str, Any]]:
         out = []
+        pool = self.prefork
+        if pool is not None:     # what the children loaded (they report it with their outcomes)
+            for name, (md5, updatetime, failure) in sorted(self.component.projects_seen.items())[:MAX_ITEMS]:
+                item = {"project": name, "version": md5, "updatetime": updatetime}
+                if failure:
+                    item["error"] = failure
+                out.append(item)
+            return out
         for name, project in sorted(self.component.projects.projects().items())[:MAX_ITEMS]:
             item = {"project": name, "version": project.md5, "updatetime": project.updatetime}
             if project.error:
                 item["error"] = project.error.splitlines()[0]
             out.append(item)
         return out
+
+    def pool(self) -> dict[str, Any]:
+        pool = self.prefork
+        if pool is None:
+            return {"implementation": "solo", "max-concurrency": 1, "processes": [os.getpid()]}
+        return pool.stats()
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "time_limits": dict(self.watch._limits)}

@@ -2,7 +2,8 @@
 
 ``handler`` is the script API (BaseHandler and its decorators), ``crawl`` the self.crawl
 options, ``response`` the Response, ``project`` loading and caching scripts,
-``timelimit`` and ``capture`` the per-task guards, ``processor`` the worker loop.
+``timelimit`` and ``capture`` the per-task guards, ``processor`` the worker loop, ``pool``
+the prefork pool of child processes that runs the callbacks with ``--pool prefork``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .handler import (
 from .processor import Processor, ProcessOutcome
 from .project import Project, ProjectManager, TaskRun, load_project
 from .response import Headers, HTTPError, Response
-from .timelimit import TimeLimit, TimeLimitExceeded
+from .timelimit import SoftTimeLimitExceeded, TimeLimit, TimeLimitExceeded
 
 __all__ = [
     "BaseHandler",
@@ -31,6 +32,7 @@ __all__ = [
     "Project",
     "ProjectManager",
     "Response",
+    "SoftTimeLimitExceeded",
     "TaskRun",
     "TimeLimit",
     "TimeLimitExceeded",

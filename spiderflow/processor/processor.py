@@ -11,6 +11,10 @@ a task done only together with its follows and once its results are stored; a pa
 is never split across queues where a crash could keep one part and lose the other. The
 delivery is acknowledged once that message is queued; a database outage while loading a
 project hands the task back and waits (the task does not fail for it).
+
+With ``processor_pool`` prefork (``--pool prefork``, ``--concurrency N``, ...) the callbacks
+run in child processes instead and :meth:`Processor.run` is the loop of
+:class:`~.pool.PreforkPool`; the messages are the same.
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ class Processor:
         self.jobs: Any = None    # a spiderflow.jobs.JobWatch when jobs are on (the composition root sets it)
         self.control: Any = None     # the remote-control panel (spiderflow.control.panels), when there is a bus
         self._stop = threading.Event()
+        self.pool: Any = None        # the prefork pool (spiderflow.processor.pool), unless the pool is solo
+        self.projects_seen: dict[str, tuple] = {}   # prefork: {project: (md5, updatetime, error)} of the children
+        if self.settings.processor_pool_kind() == "prefork":
+            from .pool import PreforkPool
+            self.pool = PreforkPool(self)
 
     # -- one task, no queues ---------------------------------------------------------------------
     def process(self, task: Task | dict, fetch_result: FetchResult | dict, project: Project | None = None) -> ProcessOutcome:
@@ -114,6 +123,21 @@ class Processor:
                          fetch_result.status_code, exception.rstrip().rsplit("\n", 1)[-1])
         return ProcessOutcome(status, new_tasks, results, run.logs, exception)
 
+    def failure(self, task: Task, fetch_result: FetchResult, error: str, elapsed: float = 0.0) -> ProcessOutcome:
+        """The outcome of *task* failed with *error* without its callback's output (the prefork
+        pool: a child killed past its hard time limit, or dead)."""
+        try:
+            response = Response.from_fetch_result(fetch_result, task)
+            fetch = self._fetch_track(task, fetch_result, response)
+        except Exception:      # the fetch track is what the scheduler keeps of the fetch: never fail on it
+            fetch = {"ok": fetch_result.ok, "status_code": fetch_result.status_code, "url": fetch_result.url,
+                     "time": fetch_result.time, "error": fetch_result.error, "content_length": len(fetch_result.content)}
+        run = TaskRun(logs=[f"[E {task.project}:{task.taskid}] {error}"], exception=error)
+        track = Track(fetch=fetch, process=self._process_track(run, error, 0, 0, None, elapsed))
+        status = StatusPack(taskid=task.taskid, project=task.project, url=task.url, track=track,
+                            schedule=task.schedule)
+        return ProcessOutcome(status, [], [], run.logs, error)
+
     def _run(self, task: Task, response: Response, project: Project | None, now: float) -> TaskRun:
         if project is None:
             try:
@@ -125,11 +149,16 @@ class Processor:
                 return TaskRun(exception=f"ScriptError: cannot load project {task.project!r}: {exc}")
             if project is None:
                 return TaskRun(exception=f"ScriptError: no project named {task.project!r}")
-        limit = task.process.time_limit or self.settings.process_time_limit
+        settings = self.settings
+        limit = task.process.time_limit or settings.process_time_limit
         handler = getattr(project, "handler", None)
         if handler is not None:   # self.job: the job running the project (spiderflow.jobs), or None
             handler.job = self.jobs.job(task.schedule.job) if self.jobs is not None else None
-        return project.run(task, response, time_limit=limit, capture_stdout=self.capture_stdout, now=now)
+        soft = settings.process_soft_time_limit
+        if soft is None:
+            return project.run(task, response, time_limit=limit, capture_stdout=self.capture_stdout, now=now)
+        return project.run(task, response, time_limit=limit, capture_stdout=self.capture_stdout, now=now,
+                           soft_time_limit=soft)
 
     def _result_packs(self, task: Task, values: list[Any],
                       now: float) -> tuple[list[ResultPack], str | None, str | None]:
@@ -262,6 +291,9 @@ class Processor:
 
     def run(self, burst: bool = False) -> None:
         """Process until stop() (warm: the task in hand is finished), or until drained with *burst*."""
+        if self.pool is not None:
+            self.pool.run(burst)
+            return
         logger.info("processor starting%s", " (burst)" if burst else "")
         reason = "stopped"
         outage = Outage("processor")
@@ -324,6 +356,8 @@ class Processor:
     def stop(self) -> None:
         """Warm shutdown: finish the task in hand, then leave run()."""
         self._stop.set()
+        if self.pool is not None:
+            self.pool.wake()
 
     def project_errors(self) -> dict[str, str]:
         """{project: error} for every project whose script failed to load."""

@@ -76,15 +76,20 @@ class Project:
         return self.error is None
 
     def run(self, task: Task, response: Response, *, time_limit: float | None = None,
-            capture_stdout: bool = True, now: float | None = None) -> TaskRun:
-        """Run *task*'s callback on *response*; exceptions and logs are captured, never raised."""
+            capture_stdout: bool = True, now: float | None = None, soft_time_limit: float | None = None) -> TaskRun:
+        """Run *task*'s callback on *response*; exceptions and logs are captured, never raised.
+
+        At *soft_time_limit* seconds (when below *time_limit*) SoftTimeLimitExceeded is raised
+        in the callback once: caught, the callback goes on and its results count; not caught,
+        the task fails with it.
+        """
         if self.error is not None:
             return TaskRun(exception=f"ScriptError: {self.error}")
         handler = self.handler
         with self._lock:
             handler._reset(task, response, time.time() if now is None else now)
             capture = Capture(capture_stdout)
-            limit = TimeLimit(time_limit)
+            limit = TimeLimit(time_limit, soft_time_limit)
             exception = None
             try:
                 with capture:
