@@ -11,21 +11,49 @@ so that clusters can share a vhost. A bounded queue is declared with
 ``x-max-length=maxsize`` and ``x-overflow=reject-publish``, and every publish waits for
 the broker's confirm, so a full queue is a QueueFull (after *timeout*), never a silently
 dropped message; ``put_many`` pipelines its publishes and waits for their confirms
-together. ``receive()`` takes one message with ``basic.get``: nothing is pushed to a
-consumer ahead of time, so *maxsize* bounds what waits in the queue exactly, and
-*prefetch* caps how many unacknowledged messages one queue object holds (RabbitMQ does not
-count those toward ``x-max-length``, as redis does not count in-flight ones). ``ack()`` is
-``basic.ack``, ``reject()`` is ``basic.nack``; a message whose connection dies unacked is
-redelivered by RabbitMQ. ``get()`` is at-most-once (``auto_ack``).
+together.
+
+``receive()``/``receive_many()`` take from a consumer (``basic.consume``) that the first
+of them starts: RabbitMQ pushes deliveries ahead into a buffer of the queue object, up to
+its ``basic.qos`` prefetch, and a receive hands them out from there, waiting for a push
+(not polling) up to its *timeout*. A receive with ``timeout=0`` that finds the buffer
+empty asks the broker how many messages are ready (one round trip, as ``basic.get`` did)
+and, if some are, waits briefly for their push. A delivery is acked only by ``ack()``
+(``basic.ack``); ``reject()`` is ``basic.nack`` (with requeue, the consumer is stopped and
+its buffer handed back too, so that the message keeps its place ahead of them; the next
+receive starts it again). A consumer that is not asked for a message for a second hands
+its buffer back and stops, so that an idle queue object holds nothing that others could
+take. A consumer that dies, or whose connection drops, leaves everything it held unacked,
+buffered or handed out, to RabbitMQ, which delivers it again.
+
+*prefetch* (``?prefetch=``, default 100) caps the unacknowledged messages one queue object
+holds, handed out or buffered. A consumer starts with room for what its callers ask at a
+time, at least 10 and at most *prefetch* (a processor taking one message at a time gets 10,
+a fetcher asking for its pool of 100 gets 100). RabbitMQ counts neither toward
+``x-max-length``: *maxsize* bounds the ready messages exactly, and up to that prefetch more
+per consumer sit in consumers' buffers or hands (with ``basic.get`` the bound only left out
+those handed out). The default is not smaller than 100 for queues of *maxsize* 100: a
+fetcher needs its poolsize (100) of unacked tasks to fetch at full concurrency, the result
+worker its batch (100), and the scheduler drains as many status packs per pass as it may
+hold unacked; single-message consumers get 10, which is what keeps the backpressure tight.
+
+``get()``/``get_many()`` are at-most-once: on a queue object that runs a consumer they take
+from its buffer and ack at once (one ``basic.ack`` with *multiple* where no older delivery
+is still out); on one that does not (drains, tools) they use ``basic.get`` with
+``auto_ack``, so that they never leave a consumer holding messages. A queue object that only
+publishes never consumes.
 
 When the connection drops (broker restart, network), the next call reconnects, with a
 bounded backoff, and carries on; deliveries taken on the dead connection can no longer be
-acked (that is logged at debug level, RabbitMQ redelivers them). Declaring a queue that
-already exists with another *maxsize* fails with a ConfigError saying what to do.
+acked (that is logged at debug level, RabbitMQ redelivers them) and the buffer is dropped.
+Declaring a queue that already exists with another *maxsize* fails with a ConfigError
+saying what to do. ``qsize()`` (ready messages plus this object's buffer) asks the broker at
+most every 50 ms; this object's own puts and takes show at once.
 
 pika's connection is not thread-safe: a queue object serializes its calls with a lock (so
-threads may share it, one call at a time); a light thread answers heartbeats while the
-owner is busy elsewhere. After a fork the child opens its own connection.
+threads may share it, one call at a time; a receive waiting for a message lets go of it
+every 50 ms); a light thread answers heartbeats and stops idle consumers while the owner is
+busy elsewhere. After a fork the child opens its own connection.
 
 The scheduler lock on RabbitMQ is in :mod:`spiderflow.queues.amqp_lock`.
 """
@@ -33,6 +61,7 @@ The scheduler lock on RabbitMQ is in :mod:`spiderflow.queues.amqp_lock`.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import socket
@@ -66,12 +95,21 @@ DEFAULT_PREFETCH = 100
 _PUBLISH_WINDOW = 2000             # publishes in flight before waiting for their confirms
 _CONFIRM_WAIT = 2.0                # least time given to the broker to confirm a publish (seconds)
 _CONFIRM_WAIT_BLOCKING = 30.0      # ... and when the caller waits without a timeout
-_RECEIVE_BUDGET = 0.05             # receive_many stops fetching after this long (the caller may be a loop)
+_RECEIVE_BUDGET = 0.05             # get_many's basic.get loop stops after this long (the caller may be a loop)
+_MIN_PREFETCH = 10                 # a consumer's least prefetch (see the module docstring)
+_WAIT_SLICE = 0.05                 # a receive waiting for a push lets go of the lock this often
+_SETTLE = 0.05                     # timeout=0: longest wait for a push of messages the broker counts ready
+_IDLE_RELEASE = 1.0                # a consumer not asked for this long hands its buffer back
+_KEEPER_TICK = 0.25                # the keeper thread looks for idle consumers this often
+_QSIZE_TTL = 0.05                  # qsize() asks the broker at most this often
+_FRESH = 0.01                      # a buffer is handed out without reading the socket first only this
+                                   # soon after the last read (a dead connection's deliveries are void)
 _RECONNECT_ATTEMPTS = 8            # per call, when it has no deadline of its own
 _RECONNECT_MIN, _RECONNECT_MAX = 0.1, 5.0
 _KEEPALIVE_EVERY = 10.0            # seconds between heartbeat services by the keeper thread
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
+_CAPPED: Any = object()            # _take_once: no room for a delivery until some are acked
 _ERRORS = (pika.exceptions.AMQPError, OSError)  # a dead or broken connection: reconnect
 
 
@@ -131,8 +169,9 @@ def _parameters(options: dict[str, Any], connection_name: str, **kwargs: Any) ->
 
 
 def _keep_alive(ref: weakref.ref, stop: threading.Event) -> None:
-    """Let pika answer heartbeats while the queue's owner is busy, until *stop* or garbage."""
-    while not stop.wait(_KEEPALIVE_EVERY):
+    """Let pika answer heartbeats and stop idle consumers while the queue's owner is busy,
+    until *stop* or garbage."""
+    while not stop.wait(_KEEPER_TICK):
         queue = ref()
         if queue is None:
             return
@@ -164,7 +203,18 @@ class AmqpQueue(BaseQueue):
         self._ch: Any = None
         self._generation = 0            # bumped on every (re)connect; delivery tags carry it
         self._connects = 0              # connections opened by this process
-        self._unacked: set[int] = set()
+        self._unacked: set[int] = set()  # delivery tags handed out and not settled (this channel)
+        self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()  # pushed, not handed out
+        self._consumer: str | None = None  # consumer tag on the channel, while one runs
+        self._qos = 0                   # the running consumer's prefetch
+        self._want = 0                  # the prefetch consumers are started with (grows with the batches asked)
+        self._floor = 0                 # delivery tags up to this one came to earlier consumers of the channel
+        self._max_tag = 0               # highest delivery tag seen on the channel
+        self._last_take = 0.0           # monotonic time of the last receive/get on the consumer
+        self._read_at = 0.0             # monotonic time a take last read the socket
+        self._arrived = 0               # deliveries pushed to this object, ever
+        self._ready_cache = (-1e18, 0, 0)     # qsize cache: (monotonic time, ready count, self._arrived then)
+        self._serviced = time.monotonic()
         self._capped = False            # the prefetch cap was hit (warned once)
         self._seq = 0                   # publish sequence number on the channel (confirm mode)
         self._pending: collections.deque[int] = collections.deque()  # publishes awaiting a confirm
@@ -185,9 +235,17 @@ class AmqpQueue(BaseQueue):
             self._lock = threading.RLock()
             self._conn = self._ch = None
             self._connects = 0
-            self._unacked.clear()
+            self._forget_consumer()
             self._pending.clear()
+            self._ready_cache = (-1e18, 0, 0)
             self._keeper_stop = threading.Event()
+
+    def _forget_consumer(self) -> None:
+        """The channel is gone: its consumer, buffer and delivery tags with it."""
+        self._unacked.clear()
+        self._buffer.clear()
+        self._consumer = None
+        self._qos = self._floor = self._max_tag = 0
 
     def _connect(self) -> None:
         try:
@@ -205,6 +263,7 @@ class AmqpQueue(BaseQueue):
             ch._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _f: selected.append(True))
             ch._flush_output(lambda: bool(selected))
             ch._impl.add_on_return_callback(self._on_return)
+            ch.add_on_cancel_callback(self._on_broker_cancel)
         except BaseException as exc:
             try:
                 if conn.is_open:
@@ -217,7 +276,7 @@ class AmqpQueue(BaseQueue):
         self._conn, self._ch = conn, ch
         self._generation += 1
         self._connects += 1
-        self._unacked.clear()
+        self._forget_consumer()
         self._seq = 0
         self._pending.clear()
         if self._keeper_pid != os.getpid():  # one keeper per queue object and process
@@ -244,7 +303,7 @@ class AmqpQueue(BaseQueue):
     def _drop(self) -> None:
         """Forget the connection (closing it if it is still ours and open)."""
         conn, self._conn, self._ch = self._conn, None, None
-        self._unacked.clear()
+        self._forget_consumer()  # buffered deliveries too: their tags are void, RabbitMQ redelivers them
         self._pending.clear()
         if conn is not None:
             try:
@@ -302,12 +361,23 @@ class AmqpQueue(BaseQueue):
                         raise QueueError(f"amqp queue {self.name!r} on {self.url}: {exc!r}") from exc
 
     def _service(self) -> None:
-        """Called by the keeper thread: let pika send and answer heartbeats, if nobody else is busy."""
+        """Called by the keeper thread, if nobody else is busy: stop a consumer that nobody asked
+        for a message lately (its buffer goes back to the queue, for others), and every
+        _KEEPALIVE_EVERY let pika send and answer heartbeats."""
         if self._pid != os.getpid() or not self._lock.acquire(blocking=False):
             return
         try:
             if self._conn is not None and self._conn.is_open:
-                self._conn.process_data_events(0)
+                now = time.monotonic()
+                if self._consumer is not None and now - self._last_take > _IDLE_RELEASE and (
+                        self._buffer or self._current_held() < self._qos):
+                    logger.debug("amqp queue %s: the consumer is idle; handing back %d buffered deliveries",
+                                 self.name, len(self._buffer))
+                    self._stop_consumer(self._ch)
+                    self._ch._flush_output()
+                if now - self._serviced >= _KEEPALIVE_EVERY:
+                    self._serviced = now
+                    self._conn.process_data_events(0)
         except _ERRORS as exc:
             logger.debug("amqp queue %s: keepalive found the connection broken: %r", self.name, exc)
             self._drop()
@@ -358,6 +428,7 @@ class AmqpQueue(BaseQueue):
                         break
             self._returned = []
             self._declare(ch)
+        self._count_ready(sum(accepted))
         return accepted
 
     def _publish(self, items: list[bytes], timeout: float | None) -> None:
@@ -393,47 +464,168 @@ class AmqpQueue(BaseQueue):
         self._publish([self._encode(m) for m in msgs], timeout)
 
     # -- consumer side ------------------------------------------------------------------
-    def _basic_get(self, ch: Any, count: int, auto_ack: bool) -> list[tuple[bytes, Any]]:
-        if not auto_ack:
-            count = min(count, self.prefetch - len(self._unacked))
-            if count <= 0:
-                log = logger.debug if self._capped else logger.warning
-                self._capped = True
-                log("amqp queue %s: %d deliveries are unacknowledged (prefetch=%d); taking no more until "
-                    "some are acked (raise ?prefetch= if a consumer should hold more)",
-                    self.name, len(self._unacked), self.prefetch)
-                return []
-        out: list[tuple[bytes, Any]] = []
-        started = time.monotonic()
-        while len(out) < count:
-            method, _props, body = ch.basic_get(self.queue_name, auto_ack=auto_ack)
-            if method is None:
-                break
-            if auto_ack:
-                out.append((body, None))
-            else:
-                self._unacked.add(method.delivery_tag)
-                out.append((body, (self._generation, method.delivery_tag)))
-            if time.monotonic() - started > _RECEIVE_BUDGET:
-                break
-        return out
+    def _on_delivery(self, generation: int, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        """pika's consumer callback (dispatched by process_data_events, under the lock)."""
+        if generation != self._generation:  # a channel since closed: its tags are void
+            return
+        tag = method.delivery_tag
+        self._buffer.append((tag, body))
+        self._arrived += 1
+        if tag > self._max_tag:
+            self._max_tag = tag
 
-    def _fetch(self, count: int, timeout: float | None, auto_ack: bool = False) -> list[tuple[bytes, Any]]:
-        """Take up to *count* messages, polling up to *timeout* for the first."""
+    def _on_broker_cancel(self, method_frame: Any) -> None:
+        """RabbitMQ cancelled the consumer (the queue was deleted): the next receive starts one again."""
+        if method_frame.method.consumer_tag == self._consumer:
+            logger.warning("amqp queue %s: the broker cancelled the consumer; starting it again on the next "
+                           "receive", self.name)
+            self._consumer = None
+
+    def _current_held(self) -> int:
+        """Deliveries of the running consumer not settled yet (handed out or buffered)."""
+        floor = self._floor
+        return sum(1 for t in self._unacked if t > floor) + sum(1 for t, _b in self._buffer if t > floor)
+
+    def _consume(self, ch: Any, count: int) -> bool:
+        """Make sure a consumer runs with room for batches of *count*; False when none can start
+        because *prefetch* deliveries are held unacked (and the buffer is empty)."""
+        want = self._want = min(self.prefetch, max(self._want, _MIN_PREFETCH, count))
+        if self._consumer is not None:
+            if want <= self._qos:
+                return True
+            # Started small, or with deliveries of an earlier consumer still out (per-consumer
+            # prefetch does not count those): start again with more room once there is some.
+            floor = self._floor
+            old = sum(1 for t in self._unacked if t <= floor) + sum(1 for t, _b in self._buffer if t <= floor)
+            if want - old < self._qos + max(1, want // 4):
+                return True
+            ch.basic_cancel(self._consumer)  # buffered deliveries stay valid on the channel
+            self._consumer = None
+        room = want - len(self._unacked) - len(self._buffer)
+        if room < 1:
+            return bool(self._buffer)
+        ch.basic_qos(prefetch_count=room)
+        self._floor = self._max_tag
+        self._consumer = ch.basic_consume(self.queue_name, functools.partial(self._on_delivery, self._generation),
+                                          auto_ack=False)
+        self._qos = room
+        # What is ready is pushed right after consume-ok, ahead of the reply to a later command.
+        self._probe(ch)
+        self._conn.process_data_events(0)
+        return True
+
+    def _stop_consumer(self, ch: Any) -> None:
+        """Cancel the consumer and hand its buffer back (basic.nack with requeue; the caller flushes).
+
+        RabbitMQ puts requeued messages back at their places in the queue."""
+        if self._consumer is not None:
+            tag, self._consumer = self._consumer, None
+            ch.basic_cancel(tag)  # pika rejects (requeues) what arrives until cancel-ok
+        while self._buffer:
+            ch._impl.basic_nack(self._buffer.popleft()[0], multiple=False, requeue=True)
+
+    def _probe(self, ch: Any) -> int:
+        """Ready messages in the queue, as the broker counts them now (one round trip)."""
+        ready = ch.queue_declare(self.queue_name, passive=True).method.message_count
+        self._ready_cache = (time.monotonic(), ready, self._arrived)
+        return ready
+
+    def _count_ready(self, delta: int) -> None:
+        """This object changed the ready count by *delta*: keep the qsize cache in step."""
+        at, ready, arrived = self._ready_cache
+        self._ready_cache = (at, max(0, ready + delta), arrived)
+
+    def _note_capped(self) -> None:
+        log = logger.debug if self._capped else logger.warning
+        self._capped = True
+        log("amqp queue %s: %d deliveries are unacknowledged (prefetch=%d); taking no more until "
+            "some are acked (raise ?prefetch= if a consumer should hold more)",
+            self.name, len(self._unacked), self.prefetch)
+
+    def _pump(self, ch: Any, time_limit: float) -> None:
+        """process_data_events: dispatch deliveries into the buffer; raise if that found the
+        connection or channel closed (pika may only mark it so), so that the buffer is dropped."""
+        self._conn.process_data_events(time_limit)
+        if not (self._conn.is_open and ch.is_open):
+            raise pika.exceptions.AMQPConnectionError(f"amqp queue {self.name!r}: the connection was closed")
+
+    def _take_once(self, ch: Any, count: int, deadline: float | None, settle: bool,
+                   first: bool) -> list[tuple[bytes, Any]] | None:
+        """Up to *count* deliveries from the buffer; None: none yet, and *deadline* is ahead."""
+        self._last_take = now = time.monotonic()
+        if not self._consume(ch, count):
+            if first:
+                self._note_capped()
+            return [] if deadline is not None and now >= deadline else _CAPPED
+        buf = self._buffer
+        if len(buf) < count or now - self._read_at > _FRESH:
+            # Dispatch what has arrived, and find out about a connection that died meanwhile (its
+            # buffered deliveries are void: RabbitMQ delivers them again). pika reads once per
+            # pump: read on while there was something, so that data ahead of an EOF does not hide it.
+            for _ in range(4):
+                arrived = self._arrived
+                self._pump(ch, 0)
+                if self._arrived == arrived:
+                    break
+            self._read_at = now
+        if not buf:
+            remaining = None if deadline is None else deadline - now
+            if remaining is None or remaining > 0:
+                self._pump(ch, _WAIT_SLICE if remaining is None else min(_WAIT_SLICE, remaining))
+                if not buf:
+                    return None if deadline is None or time.monotonic() < deadline else []
+            elif not first:
+                return []
+            elif self._current_held() >= self._qos:
+                self._note_capped()
+                return []
+            else:  # timeout=0: is anything on its way?
+                ready = self._probe(ch)
+                self._pump(ch, 0)
+                if not buf and ready:  # ready while we have room: the broker is pushing them
+                    self._pump(ch, _SETTLE)
+                if not buf:
+                    return []
+        out = [buf.popleft() for _ in range(min(count, len(buf)))]
+        tags = [t for t, _b in out]
+        if settle:  # get/get_many: acknowledged before they are returned
+            self._ack_tags(ch, tags)
+            ch._flush_output()
+            return [(body, None) for _t, body in out]
+        self._unacked.update(tags)
+        generation = self._generation
+        return [(body, (generation, t)) for t, body in out]
+
+    def _take(self, count: int, timeout: float | None, settle: bool = False) -> list[tuple[bytes, Any]]:
+        """Up to *count* deliveries from the consumer, waiting up to *timeout* for the first."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        first = True
         delay = _POLL_MIN
         while True:
-            got = self._run(lambda ch: self._basic_get(ch, count, auto_ack), deadline)
-            if got:
+            got = self._run(lambda ch: self._take_once(ch, count, deadline, settle, first), deadline)
+            first = False
+            if got is _CAPPED:  # prefetch used up: wait for acks (of other threads) without the lock
+                remaining = None if deadline is None else deadline - time.monotonic()
+                time.sleep(delay if remaining is None else max(0.0, min(delay, remaining)))
+                delay = min(delay * 2, _POLL_MAX)
+            elif got is not None:
                 return got
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return []
-            time.sleep(delay if remaining is None else min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
+
+    def _ack_tags(self, ch: Any, tags: list[int]) -> None:
+        """basic.ack *tags* of this channel (the caller flushes): one ack with *multiple* when no
+        other delivery up to the last of them is held, else one each."""
+        unacked = self._unacked
+        for t in tags:
+            unacked.discard(t)
+        last = max(tags)
+        if (not self._buffer or self._buffer[0][0] > last) and all(t > last for t in unacked):
+            ch._impl.basic_ack(last, multiple=True)
+        else:
+            for t in tags:
+                ch._impl.basic_ack(t, multiple=False)
 
     def _get(self, timeout: float | None) -> tuple[bytes, Any]:
-        got = self._fetch(1, timeout)
+        got = self._take(1, timeout)
         if not got:
             raise QueueEmpty(f"queue {self.name!r} is empty")
         return got[0]
@@ -444,17 +636,49 @@ class AmqpQueue(BaseQueue):
         if max_items <= 0:
             return []
         out = []
-        for body, tag in self._fetch(max_items, timeout):
+        for body, tag in self._take(max_items, timeout):
             try:
                 out.append(Delivery(self._decode(body, tag), tag, self))
             except SerializationError:
                 pass
         return out
 
+    # at-most-once: from the running consumer, else basic.get
+    def _basic_get(self, ch: Any, count: int) -> list[tuple[bytes, Any]]:
+        out: list[tuple[bytes, Any]] = []
+        started = time.monotonic()
+        while len(out) < count:
+            method, _props, body = ch.basic_get(self.queue_name, auto_ack=True)
+            if method is None:
+                self._ready_cache = (time.monotonic(), 0, self._arrived)
+                break
+            out.append((body, None))
+            self._ready_cache = (time.monotonic(), method.message_count, self._arrived)
+            if time.monotonic() - started > _RECEIVE_BUDGET:
+                break
+        return out
+
+    def _fetch(self, count: int, timeout: float | None) -> list[tuple[bytes, Any]]:
+        """Take up to *count* messages acknowledged on delivery, waiting up to *timeout* for the first."""
+        self._check_pid()
+        if self._consumer is not None or self._buffer:
+            return self._take(count, timeout, settle=True)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        delay = _POLL_MIN
+        while True:
+            got = self._run(lambda ch: self._basic_get(ch, count), deadline)
+            if got:
+                return got
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
     def get(self, timeout: float | None = None) -> Any:
-        """Take a message acknowledged on delivery (``auto_ack``); raise QueueEmpty after *timeout*."""
+        """Take a message acknowledged on delivery; raise QueueEmpty after *timeout*."""
         self._check_open()
-        got = self._fetch(1, timeout, auto_ack=True)
+        got = self._fetch(1, timeout)
         if not got:
             raise QueueEmpty(f"queue {self.name!r} is empty")
         return self._decode(got[0][0], None)
@@ -464,13 +688,14 @@ class AmqpQueue(BaseQueue):
         if max_items <= 0:
             return []
         out = []
-        for body, _tag in self._fetch(max_items, timeout, auto_ack=True):
+        for body, _tag in self._fetch(max_items, timeout):
             try:
                 out.append(self._decode(body, None))
             except SerializationError:
                 pass
         return out
 
+    # settling
     def _settle(self, tag: tuple[int, int] | None, requeue: bool | None) -> None:
         """basic.ack (*requeue* None) or basic.nack; a tag from a dead connection is only logged."""
         if tag is None:
@@ -483,11 +708,17 @@ class AmqpQueue(BaseQueue):
                              "redelivers it", self.name, delivery_tag)
                 return
             self._unacked.discard(delivery_tag)
+            ch = self._ch
             try:
                 if requeue is None:
-                    self._ch.basic_ack(delivery_tag)
+                    ch.basic_ack(delivery_tag)
+                elif requeue:
+                    # back to its place in the queue, ahead of what this consumer has buffered:
+                    # stop the consumer and hand the buffer back too (the next receive starts it again)
+                    self._stop_consumer(ch)
+                    ch.basic_nack(delivery_tag, requeue=True)
                 else:
-                    self._ch.basic_nack(delivery_tag, requeue=requeue)
+                    ch.basic_nack(delivery_tag, requeue=False)
             except _ERRORS as exc:
                 logger.debug("amqp queue %s: settling delivery %d failed (%r); the broker redelivers it",
                              self.name, delivery_tag, exc)
@@ -499,16 +730,44 @@ class AmqpQueue(BaseQueue):
     def _reject(self, tag: tuple[int, int] | None, requeue: bool) -> None:
         self._settle(tag, requeue)
 
+    def _ack_many(self, tags: list[Any]) -> None:
+        """Acknowledge several deliveries with one write (one ack with *multiple* where it can)."""
+        self._check_pid()
+        with self._lock:
+            ch = self._ch
+            current = [t for g, t in (tag for tag in tags if tag is not None) if g == self._generation]
+            if len(current) < sum(tag is not None for tag in tags):
+                logger.debug("amqp queue %s: %d deliveries belong to a closed connection; the broker "
+                             "redelivers them", self.name, sum(tag is not None for tag in tags) - len(current))
+            if not current or ch is None or not ch.is_open:
+                return
+            try:
+                self._ack_tags(ch, current)
+                ch._flush_output()
+            except _ERRORS as exc:
+                logger.debug("amqp queue %s: acking %d deliveries failed (%r); the broker redelivers them",
+                             self.name, len(current), exc)
+                self._drop()
+
     # -- state --------------------------------------------------------------------------
     def _qsize(self) -> int:
-        return self._run(lambda ch: ch.queue_declare(self.queue_name, passive=True).method.message_count,
-                         time.monotonic())
+        """Ready messages (asked of the broker at most every _QSIZE_TTL; this object's own puts
+        and takes counted at once) plus those buffered here."""
+        self._check_pid()
+        with self._lock:
+            at, ready, arrived = self._ready_cache
+            if not 0 <= time.monotonic() - at < _QSIZE_TTL:
+                self._run(self._probe, time.monotonic())
+                at, ready, arrived = self._ready_cache
+            if self._consumer is not None:  # count deliveries that arrived and wait for dispatch
+                self._run(lambda _ch: self._conn.process_data_events(0), time.monotonic())
+            return max(0, ready - (self._arrived - arrived)) + len(self._buffer)
 
     def _close(self) -> None:
         self._keeper_stop.set()
         self._check_pid()
         with self._lock:
-            self._drop()  # RabbitMQ requeues whatever this connection held unacked
+            self._drop()  # cancels the consumer; RabbitMQ requeues whatever this connection held unacked
 
     def __repr__(self) -> str:
         return f"<AmqpQueue {self.queue_name!r} maxsize={self.maxsize} {self.url}>"
