@@ -34,6 +34,7 @@ from .processor.handler import (
     not_send_status,
 )
 from .processor.response import Response
+from .processor.timelimit import SoftTimeLimitExceeded
 
 
 def crawl(handler, **kwargs):
@@ -49,6 +50,7 @@ def crawl(handler, **kwargs):
 __all__ = [
     "BaseHandler",
     "Response",
+    "SoftTimeLimitExceeded",
     "__version__",
     "catch_status_code_error",
     "config",

@@ -79,7 +79,7 @@ def test_commands_are_checked_before_they_are_sent_and_when_they_arrive():
         make_command("rate_limit", {"rate": 1})
     with pytest.raises(ConfigError, match="invalid project name"):
         make_command("pause", {"project": "../x"})
-    with pytest.raises(ConfigError, match="soft time limits are not supported"):
+    with pytest.raises(ConfigError, match="soft time limit is not changed at run time"):
         make_command("time_limit", {"project": "p", "seconds": 5, "soft": 2})
     with pytest.raises(ConfigError, match="timeout"):
         make_command("ping", timeout=0)

@@ -154,7 +154,7 @@ def rate_limit(ctx: click.Context, project: str, rate: str, burst: float | None,
 @click.argument("project")
 @click.argument("seconds")
 @click.option("--soft", type=SECONDS, default=None,
-              help="A soft limit (not supported: the callback gets one limit; clean up in `finally`).")
+              help="Not at run time: a processor's soft limit is its --soft-time-limit (process_soft_time_limit).")
 @_options
 @click.pass_context
 @handles_errors
@@ -166,8 +166,8 @@ def time_limit(ctx: click.Context, project: str, seconds: str, soft: float | Non
     else:
         limit = SECONDS.convert(seconds, None, ctx)
     if soft is not None:
-        raise ConfigError("--soft: a processor has one time limit per callback (the hard one; TimeLimitExceeded "
-                          "can be caught in `finally` for clean-up); set SECONDS only")
+        raise ConfigError("--soft: the soft limit is not changed at run time; start the processors with "
+                          "--soft-time-limit SECONDS (or process_soft_time_limit in the config); set SECONDS only")
     _run(ctx, options, lambda c, kw: c.time_limit(project, limit, **kw), "time-limit")
 
 
@@ -215,7 +215,8 @@ def revoke(ctx: click.Context, taskids: tuple[str, ...], project: str | None, te
 @click.pass_context
 @handles_errors
 def pool_grow(ctx: click.Context, n: int, **options: Any) -> None:
-    """N more concurrent fetches per fetcher (a processor answers that its pool is one worker)."""
+    """N more concurrent fetches per fetcher, N more child processes per prefork processor (a solo
+    processor answers that its pool is one worker); use -d to aim at one kind."""
     _run(ctx, options, lambda c, kw: c.call("pool_grow", {"n": n}, **kw), "pool-grow")
 
 
@@ -225,7 +226,8 @@ def pool_grow(ctx: click.Context, n: int, **options: Any) -> None:
 @click.pass_context
 @handles_errors
 def pool_shrink(ctx: click.Context, n: int, **options: Any) -> None:
-    """N fewer concurrent fetches per fetcher (at least 1); fetches in flight finish."""
+    """N fewer concurrent fetches per fetcher, or child processes per prefork processor (at least 1);
+    the work in flight finishes."""
     _run(ctx, options, lambda c, kw: c.call("pool_shrink", {"n": n}, **kw), "pool-shrink")
 
 
@@ -236,7 +238,8 @@ def pool_shrink(ctx: click.Context, n: int, **options: Any) -> None:
 @click.pass_context
 @handles_errors
 def autoscale(ctx: click.Context, max_: int, min_: int, **options: Any) -> None:
-    """Fetch slots between MIN and MAX: grown while every slot is busy and the queue has more, shrunk when idle."""
+    """Fetch slots (fetchers) or child processes (prefork processors) between MIN and MAX: grown while
+    every one is busy and the queue has more, shrunk when idle."""
     _run(ctx, options, lambda c, kw: c.call("autoscale", {"max": max_, "min": min_}, **kw), "autoscale")
 
 

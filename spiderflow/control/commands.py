@@ -110,8 +110,8 @@ def _revokes(value: Any) -> list[dict[str, Any]]:
 
 def _soft(value: Any) -> None:
     if value is not None:
-        raise ValueError("soft time limits are not supported: a processor has one limit per callback "
-                         "(TimeLimitExceeded can be caught in `finally` for clean-up)")
+        raise ValueError("the soft time limit is not changed at run time: start the processors with "
+                         "--soft-time-limit (process_soft_time_limit)")
 
 
 RATE = _number(0.0, 1e6)

@@ -21,7 +21,8 @@ once. Either way, leaving the window after the limit raises it, even if the call
 swallowed it and returned.
 :class:`TimeLimitExceeded` derives from BaseException so that ``except Exception`` in a
 script cannot catch it. Neither mechanism stops code that never returns to the interpreter
-(a C extension loop, a catastrophic regular expression): such a callback holds its
+(a loop inside a C extension that never checks for signals, e.g. ``sum(range(10**12))``;
+the ``re`` module does check, so a catastrophic regular expression is stopped): such a callback holds its
 processor until it returns, and is then reported as over the limit; the prefork pool
 (:mod:`.pool`) stops such a callback by killing its child process.
 
