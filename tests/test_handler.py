@@ -40,7 +40,7 @@ class Handler(BaseHandler):
 
 def test_public_api_is_pinned():
     assert spiderflow.__all__ == sorted(spiderflow.__all__)
-    assert set(spiderflow.__all__) == {"BaseHandler", "Response", "__version__", "catch_status_code_error",
+    assert set(spiderflow.__all__) == {"BaseHandler", "Response", "SoftTimeLimitExceeded", "__version__", "catch_status_code_error",
                                        "config", "crawl", "every", "not_send_status"}
     namespace: dict = {}
     exec("from spiderflow import *", namespace)
