@@ -164,3 +164,30 @@ def httpbin() -> Iterator[TestServer]:
     server = serve_in_thread()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def amqp_env():
+    """(make_queue, url, channel) for one test; its queues are deleted afterwards."""
+    import uuid
+
+    import pika
+
+    from spiderflow.queues import connect_queue
+    url = require_service("amqp")
+    tag = f"sftest-{uuid.uuid4().hex[:10]}"
+    made = []
+
+    def make(name="q", maxsize=10, url=url, **kwargs):
+        q = connect_queue(url, f"{tag}-{name}", maxsize, **kwargs)
+        made.append(q)
+        return q
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    yield make, url, conn.channel()
+    for q in made:
+        q.close()
+    ch = conn.channel()
+    for name in {q.queue_name for q in made}:
+        ch.queue_delete(name)
+    conn.close()

@@ -15,14 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
-from conftest import require_service
 
 from spiderflow.exceptions import QueueEmpty
 from spiderflow.message import Task
-from spiderflow.queues import connect_queue
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,32 +35,19 @@ def ids(msgs) -> list[int]:
 
 
 @pytest.fixture
-def env():
+def env(amqp_env):
     """(make_queue, url, observe) for one test; observe(q) -> (ready, consumers) from a connection
-    of the test's own. The queues are deleted afterwards."""
-    import pika
-    url = require_service("amqp")
-    tag = f"sftest-{uuid.uuid4().hex[:10]}"
-    made = []
+    of the test's own. The queues are deleted afterwards (``amqp_env`` of conftest)."""
+    make_bounded, url, ch = amqp_env
 
     def make(name="q", maxsize=100, url=url, **kwargs):
-        q = connect_queue(url, f"{tag}-{name}", maxsize, **kwargs)
-        made.append(q)
-        return q
-
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
+        return make_bounded(name, maxsize, url, **kwargs)
 
     def observe(q) -> tuple[int, int]:
         method = ch.queue_declare(q.queue_name, passive=True).method
         return method.message_count, method.consumer_count
 
-    yield make, url, observe
-    for q in made:
-        q.close()
-    for name in {q.queue_name for q in made}:
-        ch.queue_delete(name)
-    conn.close()
+    return make, url, observe
 
 
 def wait_for(predicate, seconds: float = 5.0, every: float = 0.02) -> bool:

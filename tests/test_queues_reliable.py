@@ -296,29 +296,6 @@ def test_queue_made_before_fork_works_in_parent_and_child(scheme, request):
 
 # -- amqp ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def amqp_env():
-    """(make_queue, url, channel) for one test; its queues are deleted afterwards."""
-    import pika
-    url = require_service("amqp")
-    tag = f"sftest-{uuid.uuid4().hex[:10]}"
-    made = []
-
-    def make(name="q", maxsize=10, url=url, **kwargs):
-        q = connect_queue(url, f"{tag}-{name}", maxsize, **kwargs)
-        made.append(q)
-        return q
-
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    yield make, url, conn.channel()
-    for q in made:
-        q.close()
-    ch = conn.channel()
-    for name in {q.queue_name for q in made}:
-        ch.queue_delete(name)
-    conn.close()
-
-
 def _socket_of(q) -> socket.socket:
     return q._conn._impl._transport._sock
 
