@@ -291,3 +291,18 @@ def test_qsize_counts_the_buffer_and_this_objects_puts_at_once(env):
     assert wait_for(lambda: q.qsize() == 4, seconds=1)   # 4 buffered here, 0 ready
     q.put(task(5))
     assert q.qsize() == 5
+
+
+def test_inspect_reserved_lists_the_prefetched_deliveries(env):
+    from spiderflow.control.panels import reserved_messages
+    make, url, observe = env
+    producer, consumer = make(), make()
+    producer.put_many([task(i) for i in range(20)])
+    first = consumer.receive(timeout=2)      # the consumer starts; a prefetch of 10 comes in
+    assert wait_for(lambda: observe(producer)[0] == 10)
+    reserved = reserved_messages(consumer)
+    assert [r["url"] for r in reserved] == [task(i).url for i in range(1, 10)]    # held, not handed out
+    assert reserved_messages(producer) == []
+    first.ack()
+    rest = collect(consumer, 19)
+    assert len(rest) == 19 and reserved_messages(consumer) == []

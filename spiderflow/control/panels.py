@@ -121,8 +121,9 @@ def describe_task(task: Any, started: float | None = None, **more: Any) -> dict[
 
 
 def reserved_messages(queue: Any) -> list[dict[str, Any]]:
-    """The messages this process took from *queue* and holds unhanded (the multiprocessing
-    backend keeps the rest of a batch); empty for backends that hand out one at a time."""
+    """The messages this process took from *queue* and holds unhanded: the rest of a batch of
+    the multiprocessing backend, the prefetched deliveries of an amqp consumer (``(tag, body)``);
+    empty for backends that hand out one at a time (redis)."""
     buffer = getattr(queue, "_buffer", None)
     if not buffer:
         return []
@@ -137,6 +138,8 @@ def reserved_messages(queue: Any) -> list[dict[str, Any]]:
         return []
     out = []
     for data in raw:
+        if isinstance(data, tuple):     # amqp: (delivery tag, body)
+            data = data[-1]
         try:
             message = unpack(data)
         except Exception:
