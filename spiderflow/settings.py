@@ -255,7 +255,8 @@ POOLS = ("solo", "prefork")
 _CHECKED = ("processor_pool", "processor_concurrency", "processor_autoscale", "processor_autoscale_keepalive",
             "max_tasks_per_child", "max_memory_per_child", "process_soft_time_limit")
 _FLAGS = {"processor_concurrency": "--concurrency", "processor_autoscale": "--autoscale",
-          "max_tasks_per_child": "--max-tasks-per-child", "max_memory_per_child": "--max-memory-per-child"}
+          "max_tasks_per_child": "--max-tasks-per-child", "max_memory_per_child": "--max-memory-per-child",
+          "processor_pool": "--pool", "process_soft_time_limit": "--soft-time-limit"}
 
 
 def _prefork_options(settings: Settings) -> list[str]:
@@ -417,7 +418,7 @@ def load_settings(
         name = key.replace("-", "_")
         if name not in FIELDS:
             raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(sorted(FIELDS))}")
-        values[name] = _coerce(name, value, f"option --{name.replace('_', '-')}")
+        values[name] = _coerce(name, value, f"option {_FLAGS.get(name, '--' + name.replace('_', '-'))}")
     return dataclasses.replace(base, **values) if base else Settings(**values)
 
 

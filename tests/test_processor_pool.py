@@ -468,3 +468,11 @@ def test_pool_settings_from_a_config_file(tmp_path):
     settings = load_settings(str(path))
     assert settings.processor_autoscale_range() == (6, 3) and settings.processor_pool_kind() == "prefork"
     assert (settings.max_tasks_per_child, settings.max_memory_per_child) == (100, 200000)
+
+
+def test_a_bad_pool_flag_is_named_as_typed():
+    from click.testing import CliRunner
+
+    from spiderflow.cli import main
+    out = CliRunner().invoke(main, ["processor", "--queue", "redis://127.0.0.1:6379/0", "--autoscale", "2,5"])
+    assert out.exit_code == 2 and "option --autoscale:" in out.output and "MAX >= MIN (2 < 5)" in out.output, out.output
