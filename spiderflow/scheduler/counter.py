@@ -80,6 +80,10 @@ class Counters:
             for old in [i for i in buckets if i <= oldest]:
                 del buckets[old]
 
+    def total(self, project: str, name: str) -> float:
+        """The all-time total *name* of *project* (0 if none)."""
+        return self._all.get(project, {}).get(name, 0)
+
     def set_total(self, project: str, name: str, value: float) -> None:
         self._all.setdefault(project, {})[name] = value
 

@@ -64,6 +64,10 @@ class OneScheduler(Scheduler):
     def _send(self, task: Task) -> None:
         self._outbox.append(task)
 
+    def _send_many(self, msgs: list[Task]) -> tuple[int, Exception | None]:
+        self._outbox.extend(msgs)
+        return len(msgs), None
+
     def _room(self) -> int:
         return self.settings.loop_limit
 

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..exceptions import QueueError, SerializationError, StorageError, StorageUnavailable
+from ..exceptions import QueueError, QueueFull, SerializationError, StorageError, StorageUnavailable
 from ..message import ProjectStatus, StatusPack, Task, TaskStatus, Track, special_task
 from ..settings import Settings
 from ..storage import Outage
@@ -106,6 +106,7 @@ class Scheduler(NewTasks, Operations):
         self._rr = 0
         self._work = 0
         self._counts_ready = False
+        self._count_job: _CountJob | None = None     # the count running in the background
         self._dispatched = False
         self._started = clock()
         if counter_file == _DEFAULT:
@@ -132,8 +133,11 @@ class Scheduler(NewTasks, Operations):
             self._check_cronjob(now)
             self._check_select(now)
             self._check_delete(now)
-            if not self._counts_ready and (self._dispatched or now - self._started > 10.0):
-                self._init_counts()     # a full count: after the first dispatch, not before it
+            if not self._counts_ready:
+                if self._count_job is not None:
+                    self._check_count()
+                elif self._dispatched or now - self._started > 10.0:
+                    self._start_count()     # a full count, in a thread: after the first dispatch
             self._dump_counters(now)
 
     async def run(self, burst: bool = False) -> None:
@@ -589,46 +593,117 @@ class Scheduler(NewTasks, Operations):
         self._check_finished(projects, now)
 
     def _dispatch(self, p: ProjectState, tasks: list[Task], now: float) -> tuple[int, bool]:
-        """Send *tasks* in order; those that do not fit go back. Returns (sent, out_queue full)."""
+        """Send *tasks* in order, in one batch; those that do not fit go back. Returns (sent, out_queue full)."""
         deadline = now + self.settings.lease_time
-        sent = 0
-        selected = False
         job = p.job
         revokes = self.revokes
-        for i, task in enumerate(tasks):
+        ready: list[Task] = []
+        for task in tasks:
             if revokes is not None and revokes.revoked(task):
                 revokes.drop(self, p, task, now)    # `control revoke`: BAD, never sent (spiderflow.control)
                 continue
             if task.schedule.job != job:    # the job running the project now (spiderflow.jobs)
                 task.schedule = dataclasses.replace(task.schedule, job=job)
-            try:
-                self._send(p.join_crawl_config(task))
-            except QueueError:          # full, or the broker is away: the rest go back, in order
-                for rest in tasks[i:]:
-                    p.queue.put(rest, now)
-                p.bucket.refund(len(tasks) - i)
-                self._work += sent
-                return sent, True
-            except SerializationError as exc:
+            ready.append(task)
+        sent = 0
+        selected = False
+        start = 0
+        while start < len(ready):
+            batch = ready[start:]
+            n, exc = self._send_many([p.join_crawl_config(t) for t in batch])
+            for task in batch[:n]:
+                p.queue.start(task, deadline)
+                p.active.appendleft((now, "dispatched", task, None))
+                if task.taskid != "on_finished":
+                    p.selected_since_finished = selected = True
+                elif not selected:
+                    # on_finished ends a crawl, however it got here (also reloaded from taskdb after
+                    # an outage hid the commit that stored it): it is sent once
+                    p.selected_since_finished = False
+            if n:
+                self._dispatched = True
+            sent += n
+            start += n
+            if exc is None:
+                break
+            if isinstance(exc, SerializationError):     # batch[n] cannot be packed: BAD; send the rest
+                task = batch[n]
                 logger.error("task %s:%s cannot be sent (%s); marking it BAD", p.name, task.taskid, exc)
                 self._write(dataclasses.replace(task, status=TaskStatus.BAD, updatetime=now))
                 self._active_delta(p, -1)
+                start += 1
                 continue
-            p.queue.start(task, deadline)
-            p.active.appendleft((now, "dispatched", task, None))
-            self._dispatched = True
-            if task.taskid != "on_finished":
-                p.selected_since_finished = selected = True
-            elif not selected:
-                # on_finished ends a crawl, however it got here (also reloaded from taskdb after
-                # an outage hid the commit that stored it): it is sent once
-                p.selected_since_finished = False
-            sent += 1
+            if n == len(batch):
+                # an eager backend failed part-way: all count as sent (see _send_many). A broker
+                # that went away ends the pass, so that the tasks in flight are sent again once
+                # it is back; a full queue leaves those it did not take to their lease.
+                self._work += sent
+                if not isinstance(exc, QueueFull):
+                    raise exc
+                return sent, True
+            # QueueError: full, or the broker is away: the rest go back, in order
+            for rest in ready[start:]:
+                p.queue.put(rest, now)
+            p.bucket.refund(len(ready) - start)
+            self._work += sent
+            return sent, True
         self._work += sent
         return sent, False
 
     def _send(self, task: Task) -> None:
         self.out_queue.put_nowait(task)
+
+    def _send_each(self, msgs: list[Any]) -> tuple[int, Exception | None]:
+        for i, msg in enumerate(msgs):
+            try:
+                self._send(msg)
+            except (QueueError, SerializationError) as exc:
+                return i, exc
+        return len(msgs), None
+
+    def _send_many(self, msgs: list[Any]) -> tuple[int, Exception | None]:
+        """Send *msgs* in order with one ``put_many`` (one pipelined round of publishes and
+        confirms on amqp, one script call per thousand on redis); never waits for room.
+
+        Returns ``(n, exc)``: ``msgs[:n]`` were sent; *exc* is None when all were, else what
+        stopped the batch: a SerializationError for ``msgs[n]`` (not sent, nor those after
+        it), or a QueueError (``msgs[n:]`` not sent). A backend whose ``put_many`` packs every
+        message before it sends any (redis, amqp) sends none of a batch with a message that
+        cannot be packed. When such a backend fails part-way (the queue filled up past the
+        room measured before the pass, or the broker went away), which messages it took is
+        unknown: all count as sent, so none is sent twice and none is lost; the lease (or,
+        after a broker outage, the resend of every task in flight) sends again those it
+        did not take.
+        """
+        if not msgs:
+            return 0, None
+        kind = _put_many_kind(self.out_queue) if len(msgs) > 1 else None
+        if kind is None:        # one message, or a queue whose put_many is not known: one at a time
+            return self._send_each(msgs)
+        taken = 0
+
+        def feed() -> Iterable[Any]:
+            nonlocal taken
+            for msg in msgs:
+                taken += 1
+                yield msg
+
+        try:
+            # an eager backend is given a moment to take the batch whole: it fails part-way only
+            # when the queue filled past the room measured at the start of the pass
+            self.out_queue.put_many(feed(), timeout=0 if kind == "prefix" else _EAGER_WAIT)
+        except SerializationError as exc:
+            if kind == "prefix":        # those before the bad one went
+                return taken - 1, exc
+            return self._send_each(msgs)    # nothing went: find the bad one, one at a time
+        except QueueError as exc:
+            if kind == "prefix":
+                return taken - 1, exc
+            logger.warning("%s: sending %d tasks failed part-way (%s); those the queue did not take are "
+                           "sent again (at the end of their lease, or once the broker is back)",
+                           self.kind, len(msgs), exc)
+            return len(msgs), exc
+        return len(msgs), None
 
     def _check_finished(self, projects: list[ProjectState], now: float) -> None:
         """Send on_finished to projects whose queue has drained since they last ran tasks."""
@@ -686,6 +761,13 @@ class Scheduler(NewTasks, Operations):
     # ==================================================================================
     # step 7: counters
     def _init_counts(self) -> None:
+        """Count taskdb's tasks now (for a caller that needs the counts at once); a count
+        running in the background is waited for."""
+        job = self._count_job
+        if job is not None:
+            job.thread.join()
+            self._apply_count(job)
+            return
         self._counts_ready = True
         try:
             self._flush()
@@ -693,17 +775,81 @@ class Scheduler(NewTasks, Operations):
         except Exception:
             logger.exception("cannot count tasks in taskdb")
             return
+        self._set_counts(counts, {}, {}, set())
+
+    def _background_counts(self) -> bool:
+        """Can taskdb be counted in another thread while this one writes (not SQLite in memory)?"""
+        engine = getattr(self.taskdb, "engine", None)
+        if engine is None or not hasattr(self.taskdb, "status_counts"):
+            return False
+        if engine.dialect.name != "sqlite":
+            return True
+        from ..storage.engine import is_sqlite_file
+        return is_sqlite_file(engine)
+
+    def _start_count(self) -> None:
+        """Count taskdb's tasks in a thread, off the loop: a full count reads the whole table.
+
+        The count reads one snapshot, which this loop waits for (it writes nothing meanwhile);
+        what the scheduler changes after it is kept aside (active counts, counter totals) and
+        added to the count when it is applied, so the counts come out as a count taken at
+        that moment would.
+        """
+        if not self._background_counts():
+            self._init_counts()
+            return
+        try:
+            self._flush()
+        except Exception:
+            self._counts_ready = True
+            logger.exception("cannot count tasks in taskdb")
+            return
+        job = _CountJob()
+        job.thread = threading.Thread(target=job.run, args=(self.taskdb,), name="taskdb-count", daemon=True)
+        job.thread.start()
+        if not job.snapshot.wait(_COUNT_SNAPSHOT_WAIT) or job.error is not None:
+            # no snapshot in time (the database is away or locked): the count, when it comes, is not used
+            job.discard = True
+            self._counts_ready = True
+            logger.error("cannot count tasks in taskdb: %s", job.error or "it did not answer in time")
+            return
+        job.base = {name: {k: self._counters.total(name, k) for k in _COUNTED}
+                    for name in self._counters.projects() | set(self.projects)}
+        job.known = set(self.projects)
+        self._count_job = job
+
+    def _check_count(self) -> None:
+        job = self._count_job
+        if job is not None and job.done.is_set():
+            self._apply_count(job)
+
+    def _apply_count(self, job: _CountJob) -> None:
+        self._count_job = None
+        self._counts_ready = True
+        if job.error is not None:
+            logger.error("cannot count tasks in taskdb: %s", job.error)
+            return
+        self._set_counts(job.counts, job.deltas, job.base, job.known)
+
+    def _set_counts(self, counts: dict[str, dict[TaskStatus, int]], deltas: dict[str, int],
+                    base: dict[str, dict[str, float]], known: set[str]) -> None:
+        """Apply taskdb's *counts*, plus the *deltas* of ACTIVE tasks and the counter totals
+        changed since the count's snapshot (*base*: the totals then; *known*: the projects then)."""
         for name, by_status in counts.items():
             p = self.projects.get(name)
+            if p is None and name in known:
+                continue        # dropped since the snapshot
+            active = int(by_status.get(_ACTIVE, 0))
             if p is not None:
-                p.active_count = int(by_status.get(_ACTIVE, 0))
+                p.active_count = max(0, active + deltas.get(name, 0))
+            then = base.get(name, {})
             # taskdb is the truth for these three, even over a loaded counter file (it may be stale)
-            self._counters.set_total(name, "pending", by_status.get(_ACTIVE, 0))
-            self._counters.set_total(name, "success", by_status.get(TaskStatus.SUCCESS, 0))
-            self._counters.set_total(name, "failed", by_status.get(TaskStatus.FAILED, 0))
+            for key, status in zip(_COUNTED, (_ACTIVE, TaskStatus.SUCCESS, TaskStatus.FAILED)):
+                moved = self._counters.total(name, key) - then.get(key, 0) if base else 0
+                self._counters.set_total(name, key, max(0, by_status.get(status, 0) + moved))
         for p in self.projects.values():
-            if p.active_count is None:
-                p.active_count = 0
+            if p.active_count is None or (p.name not in counts and p.name in deltas):
+                p.active_count = max(0, deltas.get(p.name, 0))
 
     def _dump_counters(self, now: float, force: bool = False) -> None:
         if not self._counter_path or (not force and now - self._last_dump < self.settings.counter_dump_interval):
@@ -779,10 +925,71 @@ class Scheduler(NewTasks, Operations):
             p.active_count = self.taskdb.count(p.name, _ACTIVE)
         return p.active_count
 
-    @staticmethod
-    def _active_delta(p: ProjectState, delta: int) -> None:
+    def _active_delta(self, p: ProjectState, delta: int) -> None:
         if p.active_count is not None:
             p.active_count = max(0, p.active_count + delta)
+        job = self._count_job
+        if job is not None:     # a count is running: it is taken before this change
+            job.deltas[p.name] = job.deltas.get(p.name, 0) + delta
+
+
+_COUNTED = ("pending", "success", "failed")
+_COUNT_SNAPSHOT_WAIT = 30.0
+
+
+class _CountJob:
+    """taskdb's status counts, read in a thread from a snapshot the loop waits for."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.snapshot = threading.Event()
+        self.done = threading.Event()
+        self.counts: dict[str, dict[TaskStatus, int]] = {}
+        self.error: BaseException | None = None
+        self.discard = False
+        self.deltas: dict[str, int] = {}
+        self.base: dict[str, dict[str, float]] = {}
+        self.known: set[str] = set()
+
+    def run(self, taskdb: Any) -> None:
+        try:
+            self.counts = taskdb.status_counts(on_snapshot=self.snapshot.set)
+        except BaseException as exc:  # the thread's boundary: the loop reports it
+            self.error = exc
+        finally:
+            self.snapshot.set()
+            self.done.set()
+
+
+_EAGER_WAIT = 1.0
+_PUT_MANY_KINDS: dict[Any, str | None] = {}
+_PUT_MANY_KNOWN = [("spiderflow.queues.base", "BaseQueue", "prefix"),
+                   ("spiderflow.queues.multiprocessing", "MultiprocessingQueue", "prefix"),
+                   ("spiderflow.queues.redis", "RedisQueue", "eager"),
+                   ("spiderflow.queues.amqp", "AmqpQueue", "eager")]
+
+
+def _put_many_kind(queue: Any) -> str | None:
+    """How *queue*'s ``put_many`` fails part-way: ``"prefix"`` (it takes the messages one by
+    one from the iterable, and what it took before it raised is put: memory, multiprocessing),
+    ``"eager"`` (it packs them all first, then sends: redis, amqp), None (unknown)."""
+    cls = type(queue)
+    kind = _PUT_MANY_KINDS.get(cls, "")
+    if kind == "":
+        import importlib
+
+        method = getattr(cls, "put_many", None)
+        kind = None
+        for module, name, how in _PUT_MANY_KNOWN:
+            try:
+                known = getattr(importlib.import_module(module), name).put_many
+            except (ImportError, AttributeError):   # the backend's client library is not installed
+                continue
+            if method is known:
+                kind = how
+                break
+        _PUT_MANY_KINDS[cls] = kind
+    return kind
 
 
 __all__ = ["EPHEMERAL", "GET_INFO_ATTRIBUTES", "Scheduler"]

@@ -12,7 +12,7 @@ go straight to the driver on a pooled connection, with statements compiled once.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -219,11 +219,21 @@ class TaskDB(BaseDB):
                 counts[CODE_STATUS[code]] = n
         return counts
 
-    def status_counts(self) -> dict[str, dict[TaskStatus, int]]:
-        """``{project: {status: count}}`` of every project."""
+    def status_counts(self, on_snapshot: Callable[[], None] | None = None) -> dict[str, dict[TaskStatus, int]]:
+        """``{project: {status: count}}`` of every project.
+
+        *on_snapshot*: called once the count's snapshot is taken (a repeatable-read
+        transaction that has read a row), before the count itself: the counts are those of
+        taskdb at that moment, whatever is written while they are read.
+        """
         query = sa.select(_c.project, _c.status, sa.func.count()).group_by(_c.project, _c.status)
         out: dict[str, dict[TaskStatus, int]] = {}
         with self._read("status_counts") as conn:
+            if on_snapshot is not None:
+                if self.dialect in ("postgresql", "mysql", "mariadb"):
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                conn.execute(sa.select(_c.project).limit(1)).all()
+                on_snapshot()
             for project, code, n in conn.execute(query):
                 out.setdefault(project, dict.fromkeys(TaskStatus, 0))[CODE_STATUS[code]] = n
         return out
