@@ -178,8 +178,7 @@ class Settings:
         """``(max, min)`` of ``processor_autoscale``, or None."""
         if self.processor_autoscale is None:
             return None
-        high, low = _autoscale_pair(self.processor_autoscale)
-        return high, low
+        return _autoscale_pair(self.processor_autoscale)
 
     def db_url(self, role: str) -> str:
         """The database URL of *role* (``taskdb``, ``projectdb`` or ``resultdb``)."""

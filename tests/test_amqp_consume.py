@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from test_queues_reliable import collect
 
 from spiderflow.exceptions import QueueEmpty
 from spiderflow.message import Task
@@ -57,17 +58,6 @@ def wait_for(predicate, seconds: float = 5.0, every: float = 0.02) -> bool:
             return True
         time.sleep(every)
     return predicate()
-
-
-def collect(q, want: int, seconds: float = 10.0) -> list:
-    """Receive-and-ack until *want* messages came or *seconds* passed."""
-    got: list = []
-    deadline = time.monotonic() + seconds
-    while len(got) < want and time.monotonic() < deadline:
-        for d in q.receive_many(want - len(got), timeout=0.1):
-            got.append(d.message)
-            d.ack()
-    return got
 
 
 def assert_nothing_more(q, seconds: float = 0.5) -> None:
