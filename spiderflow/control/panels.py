@@ -520,7 +520,8 @@ class ProcessorPanel(_WatchPanel):
 
     def do_reserved(self, ttl: float) -> list[dict[str, Any]]:
         pool = self.prefork
-        held = [describe_task(task) for task in pool.reserved_tasks()] if pool is not None else []
+        source = pool if pool is not None else self.component     # solo: the rest of the batch in hand
+        held = [describe_task(task) for task in source.reserved_tasks()]
         return (held + reserved_messages(self.component.inqueue))[:MAX_ITEMS]
 
     def do_registered(self, ttl: float) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ run in child processes instead and :meth:`Processor.run` is the loop of
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -27,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import QueueClosed, QueueEmpty, QueueError, SerializationError, StorageUnavailable
+from ..exceptions import QueueClosed, QueueError, SerializationError, StorageUnavailable
 from ..message import SPECIAL_TASKS, FetchResult, ResultPack, StatusPack, Task, Track, md5_taskid, pack
+from ..queues.base import Delivery
 from ..settings import Settings
 from ..storage import Outage
 from .project import Project, ProjectManager, TaskRun
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 RESULT_SUMMARY = 100
 #: Suffix of the task id of the second, third, ... result of one task: ``<taskid>#1``, ``#2``...
 RESULT_SEPARATOR = "#"
+#: Deliveries a solo processor takes at once, of those already waiting (see :meth:`Processor.run`).
+RECEIVE_BATCH = 16
 
 _STRICT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -84,6 +88,9 @@ class Processor:
         self.failed = 0
         self.jobs: Any = None    # a spiderflow.jobs.JobWatch when jobs are on (the composition root sets it)
         self.control: Any = None     # the remote-control panel (spiderflow.control.panels), when there is a bus
+        self.receive_batch = RECEIVE_BATCH
+        self._outbox: list[tuple[Any, Any]] | None = None   # run(): the batch's encoded messages
+        self._held: collections.deque[Delivery] = collections.deque()   # run(): deliveries not started yet
         self._stop = threading.Event()
         self.pool: Any = None        # the prefork pool (spiderflow.processor.pool), unless the pool is solo
         self.projects_seen: dict[str, tuple] = {}   # prefork: {project: (md5, updatetime, error)} of the children
@@ -254,18 +261,38 @@ class Processor:
         An outcome that cannot be serialized (a lone surrogate such as ``"\\ud800"`` from
         ``response.json``, an int beyond 64 bits) fails its task instead: the task's status
         goes on alone with the error, so it is retried and then FAILED, never left ACTIVE.
+        Within :meth:`run` the message is encoded now and sent with the rest of the batch.
         """
+        outbox = self._outbox
+        if outbox is not None:
+            route = self._route(outcome)
+            if route is not None and hasattr(route[0], "put_encoded"):     # else: a plain queue-like object
+                queue, message = route
+                try:
+                    item = queue.encode(message)
+                except SerializationError as exc:
+                    queue, message = self._route(self._unsendable(outcome, exc))
+                    item = queue.encode(message)
+                outbox.append((queue, item))
+                return
         try:
             self._put(outcome)
         except SerializationError as exc:
             self._put(self._unsendable(outcome, exc))
 
-    def _put(self, outcome: ProcessOutcome) -> None:
+    def _route(self, outcome: ProcessOutcome) -> tuple[Any, Any] | None:
+        """The queue an outcome goes to and its message; None when it goes nowhere as one message."""
         pack = outcome.status_pack
         if outcome.results and self.result_queue is not None:
-            self.result_queue.put((pack, *outcome.results, *outcome.new_tasks))
-        elif self.status_queue is not None:
-            self.status_queue.put((pack, *outcome.new_tasks) if outcome.new_tasks else pack)
+            return self.result_queue, (pack, *outcome.results, *outcome.new_tasks)
+        if self.status_queue is not None:
+            return self.status_queue, ((pack, *outcome.new_tasks) if outcome.new_tasks else pack)
+        return None
+
+    def _put(self, outcome: ProcessOutcome) -> None:
+        route = self._route(outcome)
+        if route is not None:
+            route[0].put(route[1])
         elif outcome.new_tasks and self.newtask_queue is not None:
             self.newtask_queue.put_many(outcome.new_tasks)   # no status queue: the follows alone
 
@@ -290,7 +317,13 @@ class Processor:
         return ProcessOutcome(pack, [], [], outcome.logs, error)
 
     def run(self, burst: bool = False) -> None:
-        """Process until stop() (warm: the task in hand is finished), or until drained with *burst*."""
+        """Process until stop() (warm: the batch in hand is finished), or until drained with *burst*.
+
+        The deliveries already waiting are taken together, up to :data:`RECEIVE_BATCH`; their
+        outcomes go out with one ``put_encoded`` per output queue, and then the deliveries are
+        acked together (one round trip each on redis, one confirm wait on amqp). Nothing is
+        acked before its outcome is queued.
+        """
         if self.pool is not None:
             self.pool.run(burst)
             return
@@ -299,14 +332,7 @@ class Processor:
         outage = Outage("processor")
         while not self._stop.is_set():
             try:
-                delivery = self.inqueue.receive(timeout=0 if burst else self.poll_interval)
-            except QueueEmpty:
-                if burst:
-                    reason = "inqueue drained"
-                    break
-                continue
-            except SerializationError:
-                continue  # dropped and logged by the queue
+                deliveries = self.inqueue.receive_many(self.receive_batch, timeout=0 if burst else self.poll_interval)
             except QueueClosed:
                 reason = "inqueue closed"
                 break
@@ -314,30 +340,93 @@ class Processor:
                 logger.error("processor: receiving failed (%s); retrying", exc)
                 self._stop.wait(self.poll_interval)
                 continue
-            try:
-                while True:
-                    try:
-                        self._handle_message(delivery.message)
-                        break
-                    except StorageUnavailable as exc:   # keep the task in hand until the database is back
-                        if self._stop.wait(outage.failed(exc)):
-                            raise QueueClosed("stopping during a database outage") from exc
-            except QueueClosed:
-                delivery.hand_back()
-                reason = "stopped during a database outage" if self._stop.is_set() else "an output queue is closed"
-                break
-            except QueueError as exc:
-                logger.error("processor: an output queue failed (%s); handing the task back", exc)
-                delivery.hand_back()
-                self._stop.wait(self.poll_interval)
+            if not deliveries:
+                if burst:
+                    reason = "inqueue drained"
+                    break
                 continue
-            except Exception:
-                logger.exception("processor: failed to handle a message; going on")
-            else:
-                if outage.since is not None:
-                    outage.recovered()
-            delivery.ack()
+            stopped = self._run_batch(deliveries, outage)
+            if stopped is not None:
+                reason = stopped
+                break
         logger.info("processor exiting: %s (%d tasks, %d failed)", reason, self.processed, self.failed)
+
+    def _run_batch(self, deliveries: list[Delivery], outage: Outage) -> str | None:
+        """Handle *deliveries* in order, send their outcomes, ack them; a reason to stop, or None."""
+        held = self._held = collections.deque(deliveries)
+        outbox: list[tuple[Any, Any]] = []
+        self._outbox = outbox
+        handled: list[Delivery] = []
+        reason = None
+        try:
+            while held:
+                if self._stop.is_set():     # warm stop: what is not started yet goes back
+                    break
+                delivery = held.popleft()
+                try:
+                    while True:
+                        try:
+                            self._handle_message(delivery.message)
+                            break
+                        except StorageUnavailable as exc:   # keep the task in hand until the database is back
+                            if self._stop.wait(outage.failed(exc)):
+                                raise QueueClosed("stopping during a database outage") from exc
+                except QueueClosed:
+                    held.appendleft(delivery)
+                    reason = "stopped during a database outage"
+                    break
+                except Exception:
+                    logger.exception("processor: failed to handle a message; going on")
+                else:
+                    if outage.since is not None:
+                        outage.recovered()
+                handled.append(delivery)
+        finally:
+            self._outbox = None
+            rest = list(held)
+            self._held = collections.deque()
+        for delivery in rest:
+            delivery.hand_back()
+        try:
+            self._send_outbox(outbox, handled)
+        except QueueClosed:
+            for delivery in handled:
+                delivery.hand_back()
+            return "an output queue is closed"
+        except QueueError as exc:
+            logger.error("processor: an output queue failed (%s); handing %d task(s) back", exc, len(handled))
+            for delivery in handled:
+                delivery.hand_back()
+            self._stop.wait(self.poll_interval)
+        return reason
+
+    def _send_outbox(self, outbox: list[tuple[Any, Any]], handled: list[Delivery]) -> None:
+        """Put the encoded messages of a batch, one call per queue (in order within each), and
+        ack *handled* with the last of them (in the same script call on redis)."""
+        by_queue: dict[int, tuple[Any, list[Any]]] = {}
+        for queue, item in outbox:
+            entry = by_queue.get(id(queue))
+            if entry is None:
+                by_queue[id(queue)] = (queue, [item])
+            else:
+                entry[1].append(item)
+        groups = list(by_queue.values())
+        for queue, items in groups[:-1]:
+            queue.put_encoded(items)
+        if groups:
+            queue, items = groups[-1]
+            queue.put_encoded(items, ack=handled)
+        elif handled:
+            self.inqueue.ack_many(handled)
+
+    def reserved_tasks(self) -> list[Task]:
+        """Tasks of the batch in hand not started yet (``inspect reserved``)."""
+        out = []
+        for delivery in list(self._held):
+            message = delivery.message
+            if isinstance(message, (tuple, list)) and message and isinstance(message[0], Task):
+                out.append(message[0])
+        return out
 
     def _handle_message(self, message: Any) -> None:
         if (isinstance(message, (tuple, list)) and len(message) == 2

@@ -85,7 +85,7 @@ from ..exceptions import (
     SerializationError,
     redact_url,
 )
-from .base import BaseQueue, Delivery
+from .base import BaseQueue, Delivery, _ack_all
 
 logger = logging.getLogger(__name__)
 
@@ -462,6 +462,12 @@ class AmqpQueue(BaseQueue):
         """
         self._check_open()
         self._publish([self._encode(m) for m in msgs], timeout)
+
+    def put_encoded(self, items: list[Any], timeout: float | None = None, *,
+                    ack: Iterable[Delivery] = ()) -> None:
+        self._check_open()
+        self._publish(items, timeout)
+        _ack_all(ack)
 
     # -- consumer side ------------------------------------------------------------------
     def _on_delivery(self, generation: int, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:

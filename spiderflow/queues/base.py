@@ -32,6 +32,16 @@ _POLL_MIN = 0.001
 _POLL_MAX = 0.05
 
 
+def _ack_all(deliveries: Iterable[Delivery]) -> None:
+    """Ack *deliveries*, with one ``ack_many`` per queue they came from."""
+    by_queue: dict[int, tuple[BaseQueue, list[Delivery]]] = {}
+    for delivery in deliveries:
+        entry = by_queue.setdefault(id(delivery._queue), (delivery._queue, []))
+        entry[1].append(delivery)
+    for queue, group in by_queue.values():
+        queue.ack_many(group)
+
+
 class Delivery:
     """A received message that must be acknowledged (or rejected) by its consumer."""
 
@@ -152,6 +162,24 @@ class BaseQueue:
         for msg in msgs:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             self.put(msg, remaining)
+
+    def encode(self, msg: Any) -> Any:
+        """*msg* as this queue carries it (msgpack bytes, or itself for a queue that does not
+        serialize), for :meth:`put_encoded`; raises SerializationError for what cannot be packed."""
+        return self._encode(msg)
+
+    def put_encoded(self, items: list[Any], timeout: float | None = None, *,
+                    ack: Iterable[Delivery] = ()) -> None:
+        """:meth:`put_many` of messages already made by :meth:`encode` (so a caller can find the
+        one that cannot be packed before anything is sent), then ack the deliveries *ack*
+        (of any queue). Nothing is acked unless every item was queued; a backend that can
+        do both in one step does (redis, for queues on one server)."""
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for item in items:
+            self._check_open()
+            self._put(item, None if deadline is None else max(0.0, deadline - time.monotonic()))
+        _ack_all(ack)
 
     # -- consumer side -----------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Delivery:

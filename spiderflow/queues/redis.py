@@ -52,7 +52,7 @@ from ..exceptions import (
     SerializationError,
     redact_url,
 )
-from .base import BaseQueue, Delivery
+from .base import BaseQueue, Delivery, _ack_all
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ DEFAULT_VISIBILITY_TIMEOUT = 60.0   # seconds a silent consumer keeps its in-fli
 _RECLAIM_EVERY = 5.0                # look for dead consumers at most this often (seconds)
 _BLOCK_SLICE = 5.0                  # longest single BLMOVE/BLPOP, so waits still reclaim
 _PUSH_CHUNK = 1000                  # messages per put script call
+_FULL_FRESH = 0.005                 # seconds the length a push saw answers full()
 _POLL_MIN, _POLL_MAX = 0.002, 0.05  # backoff while waiting for room
 _MIN_VERSION = (6, 2)               # LMOVE, BLMOVE, LPOP count
 
@@ -75,6 +76,23 @@ end
 if room <= 0 then return 0 end
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 2, room + 1))
 return room
+"""
+
+# KEYS: queue, in-flight list of the deliveries to ack; ARGV: maxsize, number of tags, tag..., item...
+# -> {-1, length} when the queue has no room for every item (nothing done), else
+#    {how many tags were in flight, length after the push}
+_PUSH_ACK = """
+local ntags = tonumber(ARGV[2])
+local first = ntags + 3
+local maxsize = tonumber(ARGV[1])
+local length = redis.call('LLEN', KEYS[1])
+if maxsize > 0 and #ARGV >= first and length + #ARGV - first + 1 > maxsize then
+  return {-1, length}
+end
+if #ARGV >= first then length = redis.call('RPUSH', KEYS[1], unpack(ARGV, first, #ARGV)) end
+local found = 0
+for i = 3, ntags + 2 do found = found + redis.call('LREM', KEYS[2], 1, ARGV[i]) end
+return {found, length}
 """
 
 # KEYS: queue, inflight, heartbeat, consumers; ARGV: count, ttl_ms, consumer id
@@ -233,7 +251,9 @@ class RedisQueue(BaseQueue):
         self._reclaim_every = min(_RECLAIM_EVERY, self.visibility_timeout / 2)
         self._next_reclaim = 0.0
         self._client = _client(options, socket_timeout=_BLOCK_SLICE + 10)
+        self._server = options["connection"]    # queues of one server can hand over in one script
         self._push_script = self._client.register_script(_PUSH)
+        self._push_ack_script = self._client.register_script(_PUSH_ACK)
         self._take_script = self._client.register_script(_TAKE)
         self._settle_script = self._client.register_script(_SETTLE)
         self._reclaim_script = self._client.register_script(_RECLAIM)
@@ -242,6 +262,7 @@ class RedisQueue(BaseQueue):
         self._receive_lock = threading.Lock()   # one receive at a time moves into our in-flight list
         self._consumer: _Consumer | None = None
         self._lost_replies = False               # a receive failed mid-call: our list may hold orphans
+        self._length_seen: tuple[float, int] | None = None     # (when, length) the last push+ack saw
         self._check_server()
 
     # -- plumbing -----------------------------------------------------------------------
@@ -317,6 +338,64 @@ class RedisQueue(BaseQueue):
         """Put every message in order, up to a thousand per round trip."""
         self._check_open()
         self._push([self._encode(m) for m in msgs], timeout)
+
+    def put_encoded(self, items: list[Any], timeout: float | None = None, *,
+                    ack: Iterable[Delivery] = ()) -> None:
+        """:meth:`BaseQueue.put_encoded`; deliveries of a queue on the same server are acked in
+        the same script call as the push, so a crash or a lost reply can never leave the
+        messages queued and the deliveries handed back (or the other way round). With *ack*,
+        the items go all at once or, on QueueFull, none of them (unless there are more than
+        the queue's bound)."""
+        self._check_open()
+        ack = list(ack)
+        source, tags = self._acks_here(ack)
+        if source is None or len(items) + len(tags) > _PUSH_CHUNK:
+            self._push(items, timeout)
+            _ack_all(ack)
+            return
+        consumer = source._consumer
+        deadline = self._deadline(timeout)
+        delay = _POLL_MIN
+        while True:
+            with self._errors():
+                found, length = self._push_ack_script(keys=[self.key, consumer.inflight],
+                                                      args=[self.maxsize, len(tags), *tags, *items])
+            self._length_seen = (time.monotonic(), int(length))
+            if found >= 0:
+                break
+            if len(items) > self.maxsize:   # can never fit at once: in parts, then the acks
+                self._push(items, timeout)
+                source.ack_many(ack)
+                return
+            delay = self._wait_for_room(deadline, delay)    # QueueFull past the deadline: nothing done
+        for delivery in ack:
+            delivery._settled = True
+        source._forget(consumer, tags, len(tags) - found)
+
+    def full(self) -> bool:
+        """Whether the queue is at its bound; the length a push of this object saw within the last
+        few milliseconds answers without a round trip (a fetcher asks right after each put)."""
+        if not self.maxsize:
+            return False
+        seen = self._length_seen
+        if seen is not None and time.monotonic() - seen[0] < _FULL_FRESH:
+            return seen[1] >= self.maxsize
+        return super().full()
+
+    def _acks_here(self, ack: list[Delivery]) -> tuple[RedisQueue | None, list[bytes]]:
+        """The queue of *ack* and their tags, if one script on this server can settle them all."""
+        if not ack:
+            return None, []
+        source = ack[0]._queue
+        if not isinstance(source, RedisQueue) or source._server != self._server or source.closed \
+                or source._pid != os.getpid() or source._consumer is None:
+            return None, []
+        tags = []
+        for delivery in ack:
+            if delivery._queue is not source or delivery._settled or delivery.tag is None:
+                return None, []
+            tags.append(delivery.tag)
+        return source, tags
 
     # -- consumer side ------------------------------------------------------------------
     def _maybe_reclaim(self, receiving: bool = False) -> None:
@@ -481,12 +560,15 @@ class RedisQueue(BaseQueue):
             logger.warning("queue %s: could not settle %d deliveries (%s); they stay in flight and come "
                            "back when this consumer closes or dies", self.name, len(tags), exc)
             return
+        self._forget(consumer, tags, sum(1 for n in found if not n))
+
+    def _forget(self, consumer: _Consumer, tags: list[bytes], gone: int) -> None:
+        """Settled *tags*, of which *gone* were no longer in flight: drop them from the bookkeeping."""
         with self._state_lock:
             for tag in tags:
                 consumer.outstanding[tag] -= 1
                 if consumer.outstanding[tag] <= 0:
                     del consumer.outstanding[tag]
-        gone = sum(1 for n in found if not n)
         if gone:
             logger.warning("queue %s: %d deliveries were no longer in flight when settled: they were handed "
                            "back after visibility_timeout=%ss and will be delivered again", self.name, gone,
