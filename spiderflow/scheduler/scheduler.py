@@ -7,6 +7,18 @@ gated by the token bucket, fair across projects), delete, dump counters.
 Every task is written to taskdb before it is dispatched; a status pack for a task that is
 not in flight is ignored; a task whose lease expires is sent again.
 
+Where the queues outlive the scheduler (redis, amqp: ``reliable`` out and status queues), the
+leases are persisted (``spiderflow_lease``): the leases of the tasks dispatched are written to
+taskdb in batches, at most once a second, and a restarted scheduler, when it loads a project,
+puts the tasks whose lease is still valid back in flight with their deadline. So it does not
+send them again, it takes the status packs of the original dispatch, and only those whose
+lease runs out are sent again. A lease is valid while its task was not written after the
+dispatch (a status writes ``updatetime``), so a lease is never deleted on the hot path.
+Losing a lease (a kill before the batch holding it is written, a failed write) only means
+that task is sent again after a restart. On memory and multiprocessing queues what was in
+flight dies with the scheduler's supervisor, so it is sent again at once, and no lease is
+written.
+
 taskdb is the truth, end to end. A status pack arrives with the requests its page made (one
 message: ``(StatusPack, Task, ...)``, through the result worker when the page has results, so
 its results are stored first); the requests are stored before, or in the same transaction
@@ -97,6 +109,13 @@ class Scheduler(NewTasks, Operations):
         self._status_held: list[Any] = []            # status messages a database outage interrupted
         self._status_unacked: list[Any] = []         # reliable status deliveries, acked once stored
         self._requests_held: list[Any] = []          # request messages a database outage interrupted
+        # persisted leases: only where the queues outlive this scheduler (see the module docstring)
+        self._leases_on = bool(getattr(out_queue, "reliable", False) and getattr(status_queue, "reliable", False)
+                               and hasattr(taskdb, "save_leases"))
+        self._leases: dict[tuple[str, str], tuple[float, float]] = {}   # (project, taskid) -> (dispatched, deadline)
+        self._resume: set[str] = set()               # projects whose persisted leases are yet to be loaded
+        self._leases_saved = -math.inf               # when the batched leases were last stored
+        self._last_purge = -math.inf
         self._outage = Outage(self.kind)
         self._broker_outage = Outage(self.kind, what="the queue backend")
         self._retry_in = 0.0
@@ -126,6 +145,8 @@ class Scheduler(NewTasks, Operations):
             now = self._clock()
             self._work = 0
             self._update_projects(now)
+            if self._resume:
+                self._resume_leases(now)     # before the status packs: those of the tasks in flight are taken
             self._check_task_done(now)
             if self.jobs is not None:
                 self.jobs.tick(now)
@@ -133,6 +154,7 @@ class Scheduler(NewTasks, Operations):
             self._check_cronjob(now)
             self._check_select(now)
             self._check_delete(now)
+            self._purge_leases(now)
             if not self._counts_ready:
                 if self._count_job is not None:
                     self._check_count()
@@ -225,12 +247,17 @@ class Scheduler(NewTasks, Operations):
         self._stopping.set()
 
     def shutdown(self) -> None:
-        """Flush batched taskdb writes and save the counters."""
+        """Flush batched taskdb writes and leases, and save the counters."""
         with self._lock:
             try:
                 self._flush()
             except Exception:
                 logger.exception("could not flush task updates at shutdown")
+            try:
+                self._save_leases()
+            except Exception:
+                logger.exception("could not store the leases of the tasks in flight at shutdown; "
+                                 "a restarted scheduler sends those tasks again")
             self._dump_counters(self._clock(), force=True)
 
     def idle(self) -> bool:
@@ -288,6 +315,10 @@ class Scheduler(NewTasks, Operations):
         if schedulable_changed or new:
             p.queue.clear()
             p.reset_loader()
+            if new and p.schedulable and self._leases_on:
+                self._resume.add(name)      # before the loader runs: the tasks in flight are not loaded as ready
+            elif not p.schedulable:
+                self._resume.discard(name)
         if script_changed:
             if not new:
                 logger.info("project %s: script changed, asking for its info", name)
@@ -533,6 +564,8 @@ class Scheduler(NewTasks, Operations):
         return cap
 
     def _check_select(self, now: float) -> None:
+        if self._resume:
+            self._resume_leases(now)     # a project first met in this pass's requests
         budget = self._room()
         projects = list(self.projects.values())
         if projects:
@@ -590,11 +623,16 @@ class Scheduler(NewTasks, Operations):
                 if p.queue.ready_count and allowed:
                     again.append((p, allowed))
             candidates = again
+        if self._leases and not 0 <= now - self._leases_saved < _LEASE_SAVE_INTERVAL:
+            self._save_leases()
         self._check_finished(projects, now)
 
     def _dispatch(self, p: ProjectState, tasks: list[Task], now: float) -> tuple[int, bool]:
         """Send *tasks* in order, in one batch; those that do not fit go back. Returns (sent, out_queue full)."""
         deadline = now + self.settings.lease_time
+        leases = self._leases if self._leases_on else None
+        lease = (now, deadline)
+        name = p.name
         job = p.job
         revokes = self.revokes
         ready: list[Task] = []
@@ -613,6 +651,8 @@ class Scheduler(NewTasks, Operations):
             n, exc = self._send_many([p.join_crawl_config(t) for t in batch])
             for task in batch[:n]:
                 p.queue.start(task, deadline)
+                if leases is not None:
+                    leases[(name, task.taskid)] = lease    # stored by the pass, in one batch (_save_leases)
                 p.active.appendleft((now, "dispatched", task, None))
                 if task.taskid != "on_finished":
                     p.selected_since_finished = selected = True
@@ -670,10 +710,11 @@ class Scheduler(NewTasks, Operations):
         it), or a QueueError (``msgs[n:]`` not sent). A backend whose ``put_many`` packs every
         message before it sends any (redis, amqp) sends none of a batch with a message that
         cannot be packed. When such a backend fails part-way (the queue filled up past the
-        room measured before the pass, or the broker went away), which messages it took is
-        unknown: all count as sent, so none is sent twice and none is lost; the lease (or,
-        after a broker outage, the resend of every task in flight) sends again those it
-        did not take.
+        room measured before the pass, or the broker went away), the error's ``sent`` says
+        how many it took where the backend knows (redis, when full), and the rest go back to
+        the queue; where it is unknown, all count as sent, so none is sent twice and none
+        is lost; the lease (or, after a broker outage, the resend of every task in flight)
+        sends again those it did not take.
         """
         if not msgs:
             return 0, None
@@ -699,6 +740,8 @@ class Scheduler(NewTasks, Operations):
         except QueueError as exc:
             if kind == "prefix":
                 return taken - 1, exc
+            if exc.sent is not None:    # the backend says which went (redis: a prefix); the rest go back
+                return exc.sent, exc
             logger.warning("%s: sending %d tasks failed part-way (%s); those the queue did not take are "
                            "sent again (at the end of their lease, or once the broker is back)",
                            self.kind, len(msgs), exc)
@@ -756,6 +799,9 @@ class Scheduler(NewTasks, Operations):
             self._counters.drop(p.name)
             del self.projects[p.name]
             self._postponed = [t for t in self._postponed if t.project != p.name]
+            self._resume.discard(p.name)
+            if self._leases:
+                self._leases = {key: v for key, v in self._leases.items() if key[0] != p.name}
             logger.warning("project %s deleted (%s tasks, %s results)", p.name, tasks, results)
 
     # ==================================================================================
@@ -920,6 +966,93 @@ class Scheduler(NewTasks, Operations):
                 raise
             return good
 
+    # ==================================================================================
+    # persisted leases
+    def _save_leases(self) -> None:
+        """Store the batched leases in one transaction (the select step does it at most every
+        ``_LEASE_SAVE_INTERVAL`` seconds: a transaction of its own in every pass slowed
+        ``spiderflow bench`` on redis and PostgreSQL by some 10-15%; so a scheduler killed
+        loses the leases of its last second of dispatches, and a restarted one sends those
+        tasks again).
+
+        A database outage (StorageUnavailable) keeps them batched, for the next pass; any
+        other failure drops them: a lease only spares a restarted scheduler sending its task
+        again, so losing one never loses a task. Leases that ran out meanwhile are not stored.
+        """
+        if not self._leases:
+            return
+        now = self._leases_saved = self._clock()
+        rows = [(project, taskid, dispatched, deadline)
+                for (project, taskid), (dispatched, deadline) in self._leases.items() if deadline > now]
+        try:
+            if rows:
+                self.taskdb.save_leases(rows)
+        except StorageUnavailable:
+            raise
+        except StorageError as exc:
+            logger.error("%s: cannot store the leases of %d tasks in flight (%s); dropping them: a restarted "
+                         "scheduler would send those tasks again", self.kind, len(rows), exc)
+        self._leases.clear()
+
+    def _resume_leases(self, now: float) -> None:
+        """Put back in flight the tasks of newly loaded projects whose persisted lease is still
+        valid, each with its deadline, so that the loader does not load them as ready and their
+        status packs are taken; those not answered in time are sent again when it ends.
+
+        The batched writes are flushed first: a task this scheduler already wrote again (a
+        restart, a cancel) has no valid lease left.
+        """
+        self._flush()
+        for name in sorted(self._resume):
+            p = self.projects.get(name)
+            if p is None or not p.schedulable:
+                self._resume.discard(name)
+                continue
+            try:
+                leased = self.taskdb.leases(name, now)
+            except StorageUnavailable:
+                raise       # the pass stops; the project's leases are loaded when it runs again
+            except StorageError as exc:
+                self._resume.discard(name)
+                logger.error("project %s: cannot read the leases of its tasks in flight (%s); "
+                             "they are loaded and sent again", name, exc)
+                continue
+            self._resume.discard(name)
+            resumed = 0
+            last = now
+            job = p.job
+            for task, deadline in leased:
+                if task.taskid in p.queue:      # already held as ready: it is sent anyway
+                    continue
+                if task.schedule.job != job:    # as _dispatch sent it: its status counts for the job running
+                    task = dataclasses.replace(task, schedule=dataclasses.replace(task.schedule, job=job))
+                p.queue.start(task, deadline)
+                resumed += 1
+                last = max(last, deadline)
+            if resumed:
+                logger.info("project %s: %d tasks still in flight under a lease from before the restart; "
+                            "waiting for their answers (sent again if not answered in %.0fs at most)",
+                            name, resumed, last - now)
+            else:
+                logger.info("project %s: no task in flight under a lease; every ACTIVE task is loaded", name)
+
+    def _purge_leases(self, now: float) -> None:
+        """Delete expired leases every ``min(lease_time, 300)`` s (at the first pass too); a
+        failure is logged, and tried again at the next interval."""
+        if not self._leases_on:
+            return
+        interval = min(self.settings.lease_time, 300.0)
+        if 0 <= now - self._last_purge < interval:
+            return
+        self._last_purge = now
+        try:
+            purged = self.taskdb.purge_leases(now)
+        except StorageError as exc:
+            logger.warning("%s: cannot purge expired leases (%s); trying again in %.0fs", self.kind, exc, interval)
+            return
+        if purged:
+            logger.debug("%s: purged %d expired leases", self.kind, purged)
+
     def _active_count(self, p: ProjectState) -> int:
         if p.active_count is None:
             p.active_count = self.taskdb.count(p.name, _ACTIVE)
@@ -934,6 +1067,7 @@ class Scheduler(NewTasks, Operations):
 
 
 _COUNTED = ("pending", "success", "failed")
+_LEASE_SAVE_INTERVAL = 1.0      # seconds between two writes of the batched leases, at least
 _COUNT_SNAPSHOT_WAIT = 30.0
 
 

@@ -20,7 +20,10 @@ up (``wake_at``). It is kept by:
   task in a state the scheduler has already left.
 
 A restarted scheduler starts every project's sweep from the beginning and so recovers
-every ACTIVE task, including those that were in flight.
+every ACTIVE task, including those that were in flight: they are sent again, except where
+the scheduler persists leases (reliable queues, see :mod:`.scheduler`). There a task whose
+lease is still valid is put back in flight before the first sweep, which skips it as it
+skips every task in memory; it is sent again only if its lease ends unanswered.
 """
 
 from __future__ import annotations

@@ -7,6 +7,16 @@ exetime, taskid) on one index, seeking to each page's start instead of skipping 
 Inserts skip tasks that already exist; the scheduler writes in batches (:meth:`TaskDB.write_many`:
 its updates and new tasks in one transaction). On SQLite, batch writes and ``get_many``
 go straight to the driver on a pooled connection, with statements compiled once.
+
+``spiderflow_lease`` keeps the scheduler's leases: when each task in flight was dispatched
+and until when its lease runs (:meth:`TaskDB.save_leases`), so that a restarted scheduler
+waits for the answers of tasks still in flight instead of sending them again
+(:meth:`TaskDB.leases`). A lease row is never deleted when its task is answered: a status
+written after the dispatch moves the task's ``updatetime`` past ``dispatched``, which voids
+it; expired rows are purged (:meth:`TaskDB.purge_leases`). The table is created, when
+missing, by every open (``create_all`` checks first), so a taskdb written by an older
+spiderflow gains it without a migration, and the schema version stays 1: an older
+spiderflow still opens a taskdb written by this one, and ignores the table.
 """
 
 from __future__ import annotations
@@ -70,6 +80,18 @@ ACTIVE_INDEX = sa.Index("ix_spiderflow_task_order", _c.project, _c.status, _c.pr
                         _c.exetime, _c.taskid)
 sa.Index("ix_spiderflow_task_updatetime", _c.project, _c.updatetime)
 _ORDER = (_c.priority.desc(), _c.exetime, _c.taskid)
+
+LEASES = sa.Table(
+    "spiderflow_lease", METADATA,
+    sa.Column("project", NAME, primary_key=True),
+    sa.Column("taskid", TASKID, primary_key=True),
+    sa.Column("dispatched", sa.Double, nullable=False),
+    sa.Column("deadline", sa.Double, nullable=False),
+    **MYSQL_TABLE,
+)
+_l = LEASES.c
+LEASE_CHUNK = 1000
+_LEASE_COLUMNS = ("project", "taskid", "dispatched", "deadline")
 _KEY_PARAMS = {"b_project": sa.bindparam("b_project"), "b_taskid": sa.bindparam("b_taskid")}
 
 
@@ -78,7 +100,7 @@ class TaskDB(BaseDB):
 
     role = "taskdb"
     schema_version = 1
-    tables = (TASKS,)
+    tables = (TASKS, LEASES)
 
     def __init__(self, engine: sa.Engine):
         super().__init__(engine)
@@ -87,6 +109,7 @@ class TaskDB(BaseDB):
                              .where(_c.project == _KEY_PARAMS["b_project"], _c.taskid == _KEY_PARAMS["b_taskid"])
                              .values({name: sa.bindparam(name) for name in _ROW_COLUMNS})
                              .execution_options(preserve_rowcount=True))
+        self._lease_stmt = self._build_lease_upsert()
         self._sqlite = self.dialect == "sqlite"
         if self._sqlite:
             self._insert_plan = _DriverPlan(self._insert_stmt, engine.dialect, _INSERT_COLUMNS)
@@ -103,6 +126,19 @@ class TaskDB(BaseDB):
             stmt = TASKS.insert()
         # the drivers sum executemany's rowcount: the number of rows actually inserted
         return stmt.execution_options(preserve_rowcount=True)
+
+    def _build_lease_upsert(self) -> Any:
+        """The upsert of lease rows for this dialect (None: delete and insert, see :meth:`save_leases`)."""
+        if self.dialect in ("postgresql", "sqlite"):
+            stmt = (postgresql if self.dialect == "postgresql" else sqlite).insert(LEASES)
+            return stmt.on_conflict_do_update(index_elements=[_l.project, _l.taskid],
+                                              set_={"dispatched": stmt.excluded.dispatched,
+                                                    "deadline": stmt.excluded.deadline})
+        if self.dialect in ("mysql", "mariadb"):
+            stmt = mysql.insert(LEASES)
+            return stmt.on_duplicate_key_update(dispatched=stmt.inserted.dispatched,
+                                                deadline=stmt.inserted.deadline)
+        return None
 
     # -- writes -------------------------------------------------------------------
     def insert(self, task: Task) -> bool:
@@ -149,10 +185,75 @@ class TaskDB(BaseDB):
             return (conn.execute(self._insert_stmt, _dicts(_INSERT_COLUMNS, ins)).rowcount if ins else 0), matched
 
     def drop(self, project: str) -> int:
-        """Delete every task of *project*; returns how many."""
+        """Delete every task of *project* (and its leases); returns how many tasks."""
         validate_project_name(project)
         with self._write("drop") as conn:
+            conn.execute(LEASES.delete().where(_l.project == project))
             return conn.execute(TASKS.delete().where(_c.project == project)).rowcount
+
+    # -- leases ---------------------------------------------------------------------
+    def save_leases(self, rows: Iterable[tuple[str, str, float, float]]) -> int:
+        """Store leases, ``(project, taskid, dispatched, deadline)`` rows, in one transaction:
+        the task was dispatched at *dispatched*, and is in flight until *deadline*. A task's
+        earlier lease is overwritten. Returns how many rows were given.
+
+        The scheduler writes the leases of a pass (all its projects) in one call. The task
+        rows are not touched: a lease is valid only while ``dispatched >= updatetime`` (see
+        :meth:`leases`).
+        """
+        values: dict[tuple[str, str], tuple[str, str, float, float]] = {}
+        for project, taskid, dispatched, deadline in rows:
+            validate_project_name(project)
+            if not isinstance(taskid, str) or not taskid or len(taskid) > MAX_TASKID:
+                raise StorageError(f"task id {taskid!r:.80} of project {project!r} must be a string of "
+                                   f"1-{MAX_TASKID} characters")
+            try:
+                values[(project, taskid)] = (project, taskid, float(dispatched), float(deadline))
+            except (TypeError, ValueError) as exc:
+                raise StorageError(f"cannot store the lease of task {project}/{taskid}: {exc}") from exc
+        rows = list(values.values())      # one row per task: an upsert batch must not name a key twice
+        if not rows:
+            return 0
+        if self._sqlite:    # as write_many: straight to the driver, on the connection it holds
+            with self._sqlite_transaction("save_leases", write=True) as cursor:
+                for chunk in chunked(rows, LEASE_CHUNK):
+                    cursor.executemany(_SQLITE_LEASE_SQL, chunk)
+            return len(rows)
+        with self._write("save_leases") as conn:
+            for chunk in chunked(rows, LEASE_CHUNK):
+                params = _dicts(_LEASE_COLUMNS, chunk)
+                if self._lease_stmt is None:    # no upsert known for this dialect: delete, then insert
+                    conn.execute(LEASES.delete().where(_l.project == sa.bindparam("b_project"),
+                                                       _l.taskid == sa.bindparam("b_taskid")),
+                                 [{"b_project": row[0], "b_taskid": row[1]} for row in chunk])
+                    conn.execute(LEASES.insert(), params)
+                else:
+                    conn.execute(self._lease_stmt, params)
+        return len(rows)
+
+    def leases(self, project: str, now: float) -> list[tuple[Task, float]]:
+        """The ACTIVE tasks of *project* under a lease still valid at *now*, with its deadline.
+
+        A lease is valid while its deadline is after *now* and nothing was written to its
+        task after the dispatch (``dispatched >= updatetime``): a status, a retry, a restart
+        or a cancel writes ``updatetime`` and so voids it. The tasks are whole, as
+        :meth:`load_active` returns them.
+        """
+        validate_project_name(project)
+        query = (sa.select(TASKS, _l.deadline)
+                 .join(LEASES, sa.and_(_l.project == _c.project, _l.taskid == _c.taskid))
+                 .where(_l.project == project, _c.project == project,
+                        _c.status == STATUS_CODE[TaskStatus.ACTIVE],
+                        _l.deadline > float(now), _l.dispatched >= _c.updatetime)
+                 .order_by(_l.deadline, _c.taskid))
+        with self._read("leases") as conn:
+            rows = conn.execute(query).all()
+        return [(_row_task(row), row.deadline) for row in rows]
+
+    def purge_leases(self, before: float) -> int:
+        """Delete the leases whose deadline is before *before* (of every project); returns how many."""
+        with self._write("purge_leases") as conn:
+            return conn.execute(LEASES.delete().where(_l.deadline < float(before))).rowcount
 
     # -- reads ----------------------------------------------------------------------
     def get(self, project: str, taskid: str, fields: Iterable[str] | None = None) -> dict | None:
@@ -323,6 +424,10 @@ def _sqlite_select_sql(names: tuple[str, ...]) -> str:
 
 
 _SQLITE_TASKID = str(_c.taskid.compile(dialect=sqlite.dialect()))
+#: save_leases on SQLite, for the driver's executemany on (project, taskid, dispatched, deadline) rows
+_SQLITE_LEASE_SQL = ("INSERT INTO spiderflow_lease (project, taskid, dispatched, deadline) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (project, taskid) DO UPDATE SET dispatched = excluded.dispatched, "
+                     "deadline = excluded.deadline")
 
 _ROW_COLUMNS = ("url", "status", "priority", "exetime", "schedule", "fetch", "process", "track",
                 "lastcrawltime", "updatetime")
