@@ -61,7 +61,13 @@ class SerializationError(SpiderflowError, ValueError):
 
 
 class QueueError(SpiderflowError):
-    """Base class of queue errors."""
+    """Base class of queue errors.
+
+    ``sent``: raised by a ``put_many`` part-way, how many messages of the batch, from its
+    start, are surely queued while the rest surely are not; None when that is not known.
+    """
+
+    sent: int | None = None
 
 
 class QueueEmpty(QueueError, queue.Empty):

@@ -205,3 +205,40 @@ def test_processor_lists_its_batch_in_hand_and_stops_warm(redis_env, projectdb):
     assert len(done) >= 1
     assert len(done) + inq.qsize() == 4     # each either processed or back in the queue, never both
     assert client.llen(inq._consumer.inflight) == 0
+
+
+def test_redis_put_many_that_fills_up_says_how_many_went(redis_env):
+    make, _client = redis_env
+    dest = make("out", maxsize=3)
+    dest.put(task(100))
+    with pytest.raises(QueueFull) as caught:
+        dest.put_many([task(i) for i in range(5)], timeout=0)
+    assert caught.value.sent == 2
+    assert [m.url for m in dest.get_many(10, timeout=1)][1:] == ["http://127.0.0.1/0", "http://127.0.0.1/1"]
+
+
+def test_scheduler_batch_that_fills_a_redis_queue_keeps_the_rest_ready(tmp_path, redis_env, monkeypatch):
+    """The scheduler's batch meets a redis queue that filled past the room it measured: the
+    queue says how many it took, so the rest stay ready (not in flight until their lease)."""
+    from test_scheduler import Harness
+
+    from spiderflow.scheduler import scheduler as mod
+    make, _client = redis_env
+    monkeypatch.setattr(mod, "_EAGER_WAIT", 0)
+    h = Harness(tmp_path, lease_time=600)
+    h.out_queue = make("scheduler2fetcher", maxsize=5)
+    h.new_scheduler()
+    h.add_project()
+    h.start("p")
+    h.sent()
+    tasks = [h.new(f"http://a/{i}") for i in range(10)]
+    monkeypatch.setattr(h.scheduler, "_room", lambda: 100)     # as if another producer filled it meanwhile
+    h.run()
+    p = h.scheduler.projects["p"]
+    first = h.sent_normal()
+    assert len(first) == 5
+    assert (p.queue.processing_count, len(p.queue)) == (5, 5)   # the 5 it did not take are ready again
+    h.run()
+    second = h.sent_normal()
+    assert sorted(t.taskid for t in first + second) == sorted(t.taskid for t in tasks)
+    h.close()

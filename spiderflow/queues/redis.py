@@ -49,6 +49,7 @@ from ..exceptions import (
     ConfigError,
     QueueEmpty,
     QueueError,
+    QueueFull,
     SerializationError,
     redact_url,
 )
@@ -318,6 +319,7 @@ class RedisQueue(BaseQueue):
 
     # -- producer side ------------------------------------------------------------------
     def _push(self, items: list[bytes], timeout: float | None) -> None:
+        """Push *items* in order; a QueueFull says in ``sent`` how many of them went (a prefix)."""
         deadline = self._deadline(timeout)
         delay = _POLL_MIN
         done = 0
@@ -329,7 +331,11 @@ class RedisQueue(BaseQueue):
             if pushed:
                 delay = _POLL_MIN
                 continue
-            delay = self._wait_for_room(deadline, delay)
+            try:
+                delay = self._wait_for_room(deadline, delay)
+            except QueueFull as exc:
+                exc.sent = done
+                raise
 
     def _put(self, item: bytes, timeout: float | None) -> None:
         self._push([item], timeout)
