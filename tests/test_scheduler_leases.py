@@ -355,3 +355,28 @@ def test_scheduler_command_killed_and_started_again_sends_nothing_twice(tmp_path
             _stop(proc)
         for q in (newtask, status, out):
             q.close()
+
+
+def test_a_redis_that_lost_its_data_gets_the_tasks_in_flight_at_once(tmp_path, redis_url, caplog):
+    """Redis restarted without its data while the scheduler was down: the out queue's mark is
+    gone with the tasks, so the restarted scheduler does not wait for their leases."""
+    import redis
+    caplog.set_level(logging.INFO, logger="spiderflow")
+    h = on_redis(Harness(tmp_path), redis_url)
+    start_project(h)
+    tasks = dispatch(h)
+    assert h.out_queue.marked()
+    client = redis.Redis.from_url(redis_url.split("?")[0])
+    prefix = redis_url.split("prefix=")[1]
+    client.delete(*client.scan_iter(match=f"{prefix}:*", count=1000))   # as a restart without data leaves it
+    h.clock.advance(5)
+    restart(h)
+    h.run(3)
+    sent, specials = take(h)
+    answer_infos(h, specials)
+    h.run(2)
+    sent += take(h)[0]
+    assert sorted(t.taskid for t in sent) == sorted(t.taskid for t in tasks)   # at once, not after 600 s
+    assert "holds no mark of the earlier scheduler" in caplog.text
+    assert h.out_queue.marked()             # the next restart may trust its leases again
+    h.close()

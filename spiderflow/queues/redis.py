@@ -378,6 +378,19 @@ class RedisQueue(BaseQueue):
             delivery._settled = True
         source._forget(consumer, tags, len(tags) - found)
 
+    def mark(self) -> None:
+        """Leave a mark that :meth:`marked` finds until Redis loses its data (a restart of a
+        Redis that keeps nothing on disk, a FLUSHDB): the scheduler marks its out queue, so
+        that after its own restart it knows whether the tasks it had in flight can still be
+        in the queues (see persisted leases in :mod:`spiderflow.scheduler.scheduler`)."""
+        with self._errors():
+            self._client.set(f"{self.key}:mark", "1")
+
+    def marked(self) -> bool:
+        """Whether the mark of :meth:`mark` is there."""
+        with self._errors():
+            return bool(self._client.exists(f"{self.key}:mark"))
+
     def full(self) -> bool:
         """Whether the queue is at its bound; the length a push of this object saw within the last
         few milliseconds answers without a round trip (a fetcher asks right after each put)."""

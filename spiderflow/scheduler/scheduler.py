@@ -114,6 +114,7 @@ class Scheduler(NewTasks, Operations):
                                and hasattr(taskdb, "save_leases"))
         self._leases: dict[tuple[str, str], tuple[float, float]] = {}   # (project, taskid) -> (dispatched, deadline)
         self._resume: set[str] = set()               # projects whose persisted leases are yet to be loaded
+        self._broker_kept: bool | None = None        # the queues still hold an earlier run's tasks (None: not asked)
         self._leases_saved = -math.inf               # when the batched leases were last stored
         self._last_purge = -math.inf
         self._outage = Outage(self.kind)
@@ -218,6 +219,9 @@ class Scheduler(NewTasks, Operations):
                 for task in p.queue.expired(math.inf):
                     self.window.requeue(p, task, now)
                     count += 1
+        if self._leases_on and self._broker_kept is not None and hasattr(self.out_queue, "mark"):
+            with contextlib.suppress(QueueError):
+                self.out_queue.mark()       # what is in flight from now on is in the queues again
         if count:
             logger.warning("%s: sending the %d tasks in flight again (%s; it may have lost them)",
                            self.kind, count, why)
@@ -1003,6 +1007,8 @@ class Scheduler(NewTasks, Operations):
         restart, a cancel) has no valid lease left.
         """
         self._flush()
+        if self._broker_kept is None:
+            self._broker_kept = self._check_broker_kept()
         for name in sorted(self._resume):
             p = self.projects.get(name)
             if p is None or not p.schedulable:
@@ -1018,6 +1024,11 @@ class Scheduler(NewTasks, Operations):
                              "they are loaded and sent again", name, exc)
                 continue
             self._resume.discard(name)
+            if leased and not self._broker_kept:
+                logger.warning("project %s: %d tasks were in flight under a lease, but %s holds no mark of the "
+                               "earlier scheduler (a Redis restarted without its data?): they may be gone, so "
+                               "they are sent again at once", name, len(leased), self.out_queue.name)
+                continue
             resumed = 0
             last = now
             job = p.job
@@ -1035,6 +1046,17 @@ class Scheduler(NewTasks, Operations):
                             name, resumed, last - now)
             else:
                 logger.info("project %s: no task in flight under a lease; every ACTIVE task is loaded", name)
+
+    def _check_broker_kept(self) -> bool:
+        """Whether the queues still hold what an earlier scheduler sent (a backend that marks
+        its queues, redis, is asked; the others keep their messages across restarts), and
+        leave the mark for the next start."""
+        mark = getattr(self.out_queue, "mark", None)
+        if mark is None:
+            return True
+        kept = self.out_queue.marked()
+        mark()
+        return kept
 
     def _purge_leases(self, now: float) -> None:
         """Delete expired leases every ``min(lease_time, 300)`` s (at the first pass too); a
