@@ -167,6 +167,34 @@ def httpbin() -> Iterator[TestServer]:
 
 
 @pytest.fixture
+def redis_env():
+    """(make_queue, url, client) for one test, on a key prefix that is deleted afterwards."""
+    import uuid
+
+    import redis
+
+    from spiderflow.queues import connect_queue
+    base = require_service("redis")
+    prefix = f"sftest-{uuid.uuid4().hex[:10]}"
+    url = f"{base}?prefix={prefix}"
+    client = redis.Redis.from_url(base)
+    made = []
+
+    def make(name="q", maxsize=10, visibility_timeout=None):
+        q = connect_queue(url, name, maxsize, visibility_timeout=visibility_timeout)
+        made.append(q)
+        return q
+
+    yield make, url, client
+    for q in made:
+        q.close()
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
 def amqp_env():
     """(make_queue, url, channel) for one test; its queues are deleted afterwards."""
     import uuid

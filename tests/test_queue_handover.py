@@ -43,35 +43,13 @@ class Handler(BaseHandler):
 '''
 
 
-@pytest.fixture
-def redis_env():
-    """(make_queue, client) on a key prefix of this test, deleted afterwards."""
-    base = require_service("redis")
-    prefix = f"sftest-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(base)
-    made = []
-
-    def make(name, maxsize=100, url=None):
-        q = connect_queue(url or f"{base}?prefix={prefix}", name, maxsize)
-        made.append(q)
-        return q
-
-    yield make, client
-    for q in made:
-        q.close()
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 def task(i: int, url: str | None = None) -> Task:
     return Task.create("handover", url or f"http://127.0.0.1/{i}", process=Process(callback="page"))
 
 
 def test_redis_push_and_ack_are_one_step(redis_env):
-    make, client = redis_env
-    source, dest = make("in"), make("out")
+    make, _url, client = redis_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=100)
     source.put_many([task(i) for i in range(5)])
     deliveries = source.receive_many(5, timeout=1)
     assert client.llen(source._consumer.inflight) == 5
@@ -85,8 +63,8 @@ def test_redis_push_and_ack_are_one_step(redis_env):
 
 
 def test_redis_no_room_queues_nothing_and_acks_nothing(redis_env):
-    make, client = redis_env
-    source, dest = make("in"), make("out", maxsize=2)
+    make, _url, client = redis_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=2)
     dest.put(task(100))
     source.put_many([task(i) for i in range(2)])
     deliveries = source.receive_many(2, timeout=1)
@@ -103,8 +81,8 @@ def test_redis_no_room_queues_nothing_and_acks_nothing(redis_env):
 def test_redis_lost_reply_of_a_push_and_ack_duplicates_nothing(redis_env, monkeypatch):
     """The script ran but its reply was lost: the caller hands the deliveries back, and since
     they were settled by the same script, nothing is delivered twice."""
-    make, client = redis_env
-    source, dest = make("in"), make("out")
+    make, _url, client = redis_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=100)
     source.put(task(1))
     [delivery] = source.receive_many(1, timeout=1)
     script = dest._push_ack_script
@@ -122,12 +100,12 @@ def test_redis_lost_reply_of_a_push_and_ack_duplicates_nothing(redis_env, monkey
 
 
 def test_redis_deliveries_of_another_server_are_acked_after_the_push(redis_env):
-    make, client = redis_env
+    make, _url, client = redis_env
     base = require_service("redis")
     other_db = base.rsplit("/", 1)[0] + "/14"
-    source = make("in", url=f"{other_db}?prefix=sftest-{uuid.uuid4().hex[:10]}")
+    source = connect_queue(f"{other_db}?prefix=sftest-{uuid.uuid4().hex[:10]}", "in", 10)
     memory = connect_queue("memory://", "mem", 10)
-    dest = make("out")
+    dest = make("out", maxsize=100)
     source.put(task(1))
     memory.put(task(2))
     deliveries = source.receive_many(1, timeout=1) + memory.receive_many(1, timeout=1)
@@ -136,11 +114,12 @@ def test_redis_deliveries_of_another_server_are_acked_after_the_push(redis_env):
     assert client.connection_pool.connection_kwargs["db"] != 14
     assert redis.Redis.from_url(other_db).llen(source._consumer.inflight) == 0
     assert all(d._settled for d in deliveries)
+    source.close()
 
 
 def test_redis_full_is_answered_by_the_last_push(redis_env):
-    make, client = redis_env
-    source, dest = make("in"), make("out", maxsize=2)
+    make, _url, client = redis_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=2)
     source.put_many([task(i) for i in range(2)])
     for d in source.receive_many(2, timeout=1):
         dest.put_encoded([dest.encode(d.message)], timeout=0, ack=[d])
@@ -166,8 +145,8 @@ def pair(i: int, url: str | None = None):
 
 
 def test_processor_batch_on_redis_sends_every_outcome_once_and_acks_all(redis_env, projectdb):
-    make, client = redis_env
-    inq, status, result = make("f2p"), make("status"), make("p2r")
+    make, _url, client = redis_env
+    inq, status, result = make("f2p", maxsize=100), make("status", maxsize=100), make("p2r", maxsize=100)
     pairs = [pair(i) for i in range(RECEIVE_BATCH + 9)]           # more than one batch
     pairs[5] = pair(5, "http://127.0.0.1/bad")                      # its outcome cannot be sent
     inq.put_many(pairs)
@@ -185,11 +164,11 @@ def test_processor_batch_on_redis_sends_every_outcome_once_and_acks_all(redis_en
 
 
 def test_processor_lists_its_batch_in_hand_and_stops_warm(redis_env, projectdb):
-    make, client = redis_env
-    inq, result = make("f2p"), make("p2r")
+    make, _url, client = redis_env
+    inq, result = make("f2p", maxsize=100), make("p2r", maxsize=100)
     pairs = [pair(i, f"http://127.0.0.1/slow/{i}") for i in range(4)]
     inq.put_many(pairs)
-    processor = Processor(inq, make("status"), None, result, projectdb, Settings(), poll_interval=0.05)
+    processor = Processor(inq, make("status", maxsize=100), None, result, projectdb, Settings(), poll_interval=0.05)
     thread = threading.Thread(target=processor.run)
     thread.start()
     deadline = time.monotonic() + 5
@@ -198,17 +177,17 @@ def test_processor_lists_its_batch_in_hand_and_stops_warm(redis_env, projectdb):
         reserved = processor.reserved_tasks()
         time.sleep(0.01)
     assert 1 <= len(reserved) <= 3 and {t.taskid for t in reserved} < {t.taskid for t, _ in pairs}
-    processor.stop()                        # warm: the callback running ends, the rest goes back
-    thread.join(5)
+    processor.stop()                        # warm: the batch in hand is finished, nothing more taken
+    thread.join(10)
     assert not thread.is_alive()
     done = result.get_many(10, timeout=1)
-    assert len(done) >= 1
-    assert len(done) + inq.qsize() == 4     # each either processed or back in the queue, never both
+    assert len(done) >= 1 + len(reserved)
+    assert len(done) + inq.qsize() == 4     # each either processed or still queued, never both
     assert client.llen(inq._consumer.inflight) == 0
 
 
 def test_redis_put_many_that_fills_up_says_how_many_went(redis_env):
-    make, _client = redis_env
+    make, _url, _client = redis_env
     dest = make("out", maxsize=3)
     dest.put(task(100))
     with pytest.raises(QueueFull) as caught:
@@ -223,7 +202,7 @@ def test_scheduler_batch_that_fills_a_redis_queue_keeps_the_rest_ready(tmp_path,
     from test_scheduler import Harness
 
     from spiderflow.scheduler import scheduler as mod
-    make, _client = redis_env
+    make, _url, _client = redis_env
     monkeypatch.setattr(mod, "_EAGER_WAIT", 0)
     h = Harness(tmp_path, lease_time=600)
     h.out_queue = make("scheduler2fetcher", maxsize=5)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 from conftest import require_service
@@ -68,30 +67,6 @@ def collect(q, want: int, seconds: float = 10.0) -> list:
 
 
 # -- redis ---------------------------------------------------------------------------------
-
-@pytest.fixture
-def redis_env():
-    """(make_queue, url, client) for one test, on a key prefix that is deleted afterwards."""
-    import redis
-    base = require_service("redis")
-    prefix = f"sftest-{uuid.uuid4().hex[:10]}"
-    url = f"{base}?prefix={prefix}"
-    client = redis.Redis.from_url(base)
-    made = []
-
-    def make(name="q", maxsize=10, visibility_timeout=None):
-        q = connect_queue(url, name, maxsize, visibility_timeout=visibility_timeout)
-        made.append(q)
-        return q
-
-    yield make, url, client
-    for q in made:
-        q.close()
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
 
 def simulate_death(q) -> None:
     """The consumer stops answering without closing: its heartbeat goes, its in-flight list stays."""

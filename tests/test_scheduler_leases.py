@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import require_service
 from test_scheduler import Harness
+from test_scheduler_lock import stop
 
 from spiderflow.exceptions import StorageError, StorageUnavailable
 from spiderflow.message import StatusPack, Task, Track
@@ -83,6 +84,15 @@ def take(h: Harness) -> tuple[list[Task], list[Task]]:
     """Everything in the out queue (as fetchers would take it): (normal tasks, special tasks)."""
     got = h.out_queue.get_many(10 ** 6, 0.5 if h.out_queue.qsize() else 0)
     return [t for t in got if t.taskid not in SPECIAL], [t for t in got if t.taskid in SPECIAL]
+
+
+def restart_and_answer_info(h: Harness) -> None:
+    """Restart the scheduler (as after kill -9) and answer the _on_get_info it sends first."""
+    restart(h)
+    h.run()
+    _, specials = take(h)
+    answer_infos(h, specials)
+    h.run(2)
 
 
 def answer_infos(h: Harness, specials: list[Task]) -> None:
@@ -173,20 +183,12 @@ def test_leases_that_ran_out_are_sent_again(tmp_path, redis_url):
     take(h)                                # the fetchers took them, and died with them
     # the scheduler restarts after the leases ended: every ACTIVE task is loaded and sent
     h.clock.advance(61)
-    restart(h)
-    h.run()
-    _, specials = take(h)
-    answer_infos(h, specials)
-    h.run(2)
+    restart_and_answer_info(h)
     again, _ = take(h)
     assert sorted(t.taskid for t in again) == sorted(t.taskid for t in tasks)
     # restarted within the leases: they are sent again when the leases end, not before
     h.clock.advance(1)
-    restart(h)
-    h.run()
-    _, specials = take(h)
-    answer_infos(h, specials)
-    h.run(2)
+    restart_and_answer_info(h)
     assert take(h) == ([], [])
     h.clock.advance(59)
     h.run(2)
@@ -205,11 +207,7 @@ def test_memory_queues_send_the_tasks_in_flight_again_at_once(tmp_path, caplog):
     sent, _ = take(h)
     assert lease_count(h) == 0             # nothing written on the hot path
     h.clock.advance(1)
-    restart(h)
-    h.run()
-    _, specials = take(h)
-    answer_infos(h, specials)
-    h.run(2)
+    restart_and_answer_info(h)
     again, _ = take(h)
     assert sorted(t.taskid for t in again) == sorted(t.taskid for t in tasks)
     assert "under a lease" not in caplog.text
@@ -296,16 +294,6 @@ def _scheduler(tmp_path, name: str, url: str) -> subprocess.Popen:
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def test_scheduler_command_killed_and_started_again_sends_nothing_twice(tmp_path, redis_url):
     (tmp_path / "data").mkdir()
     projectdb = connect_projectdb(f"sqlite:///{tmp_path}/data/project.db")
@@ -352,7 +340,7 @@ def test_scheduler_command_killed_and_started_again_sends_nothing_twice(tmp_path
         assert out.qsize() == 0
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
         for q in (newtask, status, out):
             q.close()
 

@@ -359,9 +359,7 @@ class Processor:
         handled: list[Delivery] = []
         reason = None
         try:
-            while held:
-                if self._stop.is_set():     # warm stop: what is not started yet goes back
-                    break
+            while held:     # a warm stop finishes the batch: not every backend can hand a delivery back
                 delivery = held.popleft()
                 try:
                     while True:
