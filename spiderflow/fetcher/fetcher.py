@@ -63,7 +63,6 @@ class Fetcher:
         self._waiter: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
         self._full_wait: asyncio.Lock | None = None   # made on the running loop, when first needed
-        self._out_full = False      # the last put found the outqueue full (the slot then frees itself)
         self._transport: Transport | None = None
         self._js: JsRenderer | None = None
 
@@ -222,7 +221,7 @@ class Fetcher:
         try:
             while True:
                 await self._handle(delivery, transport)
-                if self._stops or self._out_full or self.outqueue.full():
+                if self._stops or self.outqueue.full():   # redis: answered by the last push's reply
                     return
                 try:
                     more = self.inqueue.receive_many(1, 0)
@@ -265,11 +264,9 @@ class Fetcher:
                     outqueue.put_encoded([outqueue.encode(item)], timeout=0, ack=[delivery])
                 else:
                     outqueue.put_nowait(item)
-                self._out_full = False
             except QueueFull:
                 # backpressure: this slot stays busy meanwhile; one slot at a time polls the
                 # full outqueue, the others wait their turn without waking up
-                self._out_full = True
                 if self._full_wait is None:
                     self._full_wait = asyncio.Lock()
                 async with self._full_wait:

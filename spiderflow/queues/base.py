@@ -174,7 +174,6 @@ class BaseQueue:
         one that cannot be packed before anything is sent), then ack the deliveries *ack*
         (of any queue). Nothing is acked unless every item was queued; a backend that can
         do both in one step does (redis, for queues on one server)."""
-        self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         for item in items:
             self._check_open()
