@@ -9,6 +9,7 @@ their outcomes with one call per output queue and acks them with the last call. 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ import redis
 from conftest import require_service
 
 from spiderflow.exceptions import QueueFull
+from spiderflow.fetcher import Fetcher
 from spiderflow.message import FetchResult, Process, StatusPack, Task
 from spiderflow.processor import Processor
 from spiderflow.processor.processor import RECEIVE_BATCH
@@ -221,3 +223,96 @@ def test_scheduler_batch_that_fills_a_redis_queue_keeps_the_rest_ready(tmp_path,
     second = h.sent_normal()
     assert sorted(t.taskid for t in first + second) == sorted(t.taskid for t in tasks)
     h.close()
+
+
+# -- offer_encoded: what there is room for now, each page with its own delivery -------------------
+
+def offered(dest, source, n: int):
+    """Put n tasks on *source*, take them as deliveries and offer them to *dest*."""
+    source.put_many([task(i) for i in range(n)])
+    deliveries = source.receive_many(n, timeout=2)
+    assert len(deliveries) == n
+    return deliveries, dest.offer_encoded([dest.encode(d.message) for d in deliveries], deliveries)
+
+
+def test_offer_on_a_memory_queue_takes_a_prefix_and_acks_only_that():
+    source, dest = connect_queue("memory://", "in", 10), connect_queue("memory://", "out", 3)
+    deliveries, queued = offered(dest, source, 5)
+    assert queued == [True, True, True, False, False]
+    assert [d._settled for d in deliveries] == queued
+    assert [m.url for m in dest.get_many(10)] == [f"http://127.0.0.1/{i}" for i in range(3)]
+
+
+def test_offer_on_redis_is_all_or_nothing(redis_env):
+    make, _url, client = redis_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=6)
+    deliveries, queued = offered(dest, source, 4)
+    assert queued == [True] * 4 and all(d._settled for d in deliveries)
+    assert client.llen(source._consumer.inflight) == 0
+    deliveries, queued = offered(dest, source, 3)            # room for 2 of 3: none of them
+    assert queued == [False] * 3 and not any(d._settled for d in deliveries)
+    assert client.llen(source._consumer.inflight) == 3 and dest.qsize() == 4
+
+
+def test_offer_on_amqp_acks_each_page_the_broker_took(amqp_env):
+    make, _url, _ch = amqp_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=3)
+    dest.put(task(100))
+    deliveries, queued = offered(dest, source, 4)
+    assert queued == [True, True, False, False]              # the broker refused what found no room
+    assert [d._settled for d in deliveries] == queued
+    for d in deliveries:
+        d.hand_back()                                        # only the refused ones go back
+    assert sorted(m.url for m in source.get_many(10, timeout=2)) == ["http://127.0.0.1/2", "http://127.0.0.1/3"]
+    assert sorted(m.url for m in dest.get_many(10, timeout=2)) == [
+        "http://127.0.0.1/0", "http://127.0.0.1/1", "http://127.0.0.1/100"]
+
+
+def _hand_over_together(fetcher, deliveries, cancel: int | None = None):
+    """Hand the deliveries' tasks over from one slot each, all in the same turn of the loop."""
+    async def main():
+        fetcher._loop = asyncio.get_running_loop()
+        slots = [asyncio.ensure_future(fetcher._hand_over((d.message, FetchResult(200, d.message.url, d.message.url)),
+                                                          d)) for d in deliveries]
+        if cancel is not None:
+            await asyncio.sleep(0)       # the slots have put their pages in the outbox
+            slots[cancel].cancel()
+        return await asyncio.gather(*slots, return_exceptions=True)
+    return asyncio.run(main())
+
+
+def test_fetcher_hands_a_turn_of_pages_over_in_one_offer(amqp_env, monkeypatch):
+    make, _url, _ch = amqp_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=100)
+    calls = []
+    offer = dest.offer_encoded
+    monkeypatch.setattr(dest, "offer_encoded", lambda items, acks: calls.append(len(items)) or offer(items, acks))
+    source.put_many([task(i) for i in range(8)])
+    deliveries = source.receive_many(8, timeout=2)
+    fetcher = Fetcher(source, dest, Settings())
+    assert _hand_over_together(fetcher, deliveries) == [True] * 8
+    assert calls == [8]                                       # one publish-and-confirm for the turn
+    assert all(d._settled for d in deliveries) and not source._unacked
+    assert sorted(t.url for t, _r in dest.get_many(20, timeout=2)) == sorted(d.message.url for d in deliveries)
+
+
+def test_fetcher_page_whose_slot_is_cancelled_is_not_sent(amqp_env):
+    make, _url, _ch = amqp_env
+    source, dest = make("in", maxsize=100), make("out", maxsize=100)
+    source.put_many([task(i) for i in range(3)])
+    deliveries = source.receive_many(3, timeout=2)
+    got = _hand_over_together(Fetcher(source, dest, Settings()), deliveries, cancel=1)
+    assert got[0] is True and got[2] is True and isinstance(got[1], asyncio.CancelledError)
+    assert [d._settled for d in deliveries] == [True, False, True]
+    assert [t.url for t, _r in dest.get_many(20, timeout=2)] == ["http://127.0.0.1/0", "http://127.0.0.1/2"]
+
+
+def test_fetcher_offer_that_fails_reaches_every_slot(monkeypatch):
+    from spiderflow.exceptions import QueueClosed
+    source, dest = connect_queue("memory://", "in", 10), connect_queue("memory://", "out", 10)
+    source.put_many([task(i) for i in range(2)])
+    deliveries = source.receive_many(2)
+    dest.close()
+    got = _hand_over_together(Fetcher(source, dest, Settings()), deliveries)
+    assert [type(g) for g in got] == [QueueClosed, QueueClosed]
+    assert not any(d._settled for d in deliveries)

@@ -63,6 +63,7 @@ class Fetcher:
         self._waiter: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
         self._full_wait: asyncio.Lock | None = None   # made on the running loop, when first needed
+        self._outbox: list[tuple[Any, Delivery, asyncio.Future]] = []   # pages for the next offer_encoded
         self._transport: Transport | None = None
         self._js: JsRenderer | None = None
 
@@ -259,12 +260,7 @@ class Fetcher:
                     control.fetched(delivery)
             item = (task, result)
             outqueue = self.outqueue
-            try:
-                if hasattr(outqueue, "put_encoded"):    # queued and acked in one step where it can
-                    outqueue.put_encoded([outqueue.encode(item)], timeout=0, ack=[delivery])
-                else:
-                    outqueue.put_nowait(item)
-            except QueueFull:
+            if not await self._hand_over(item, delivery):
                 # backpressure: this slot stays busy meanwhile; one slot at a time polls the
                 # full outqueue, the others wait their turn without waking up
                 if self._full_wait is None:
@@ -284,6 +280,47 @@ class Fetcher:
         except Exception:
             logger.exception("fetcher: handling a task failed")
             delivery.hand_back()
+
+    async def _hand_over(self, item: tuple[Task, FetchResult], delivery: Delivery) -> bool:
+        """Queue *item* and ack *delivery* if the outqueue has room now; False if it has not.
+
+        The pages fetched in one turn of the loop go out together, in one
+        :meth:`~spiderflow.queues.base.BaseQueue.offer_encoded` on the next turn (one round
+        trip, and on amqp one wait for the broker's confirms, for all of them; while that
+        wait blocks the loop, the pages finished meanwhile make the next batch larger)."""
+        outqueue = self.outqueue
+        if not hasattr(outqueue, "offer_encoded"):
+            try:
+                outqueue.put_nowait(item)
+            except QueueFull:
+                return False
+            return True
+        encoded = outqueue.encode(item)     # a page that cannot be packed fails alone, here
+        queued = self._loop.create_future()
+        self._outbox.append((encoded, delivery, queued))
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._send_outbox)
+        return await queued
+
+    def _send_outbox(self) -> None:
+        """Offer the pages waiting in the outbox (see :meth:`_hand_over`) to the outqueue.
+
+        A page whose slot was cancelled meanwhile (a cold stop) is left out: its slot hands
+        the delivery back."""
+        box = [entry for entry in self._outbox if not entry[2].done()]
+        self._outbox = []
+        if not box:
+            return
+        try:
+            queued = self.outqueue.offer_encoded([e for e, _d, _f in box], [d for _e, d, _f in box])
+        except BaseException as exc:    # QueueClosed, an outage: each slot hands its delivery back
+            for _e, _d, waiter in box:
+                waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_e, _d, waiter), ok in zip(box, queued):
+            waiter.set_result(ok)
 
     async def _idle(self, delay: float) -> None:
         """Sleep up to *delay*, or until a fetch finishes or stop() is called."""

@@ -469,6 +469,24 @@ class AmqpQueue(BaseQueue):
         self._publish(items, timeout)
         _ack_all(ack)
 
+    def offer_encoded(self, items: list[Any], acks: list[Delivery]) -> list[bool]:
+        """:meth:`BaseQueue.offer_encoded`: the items are published together and their confirms
+        waited for together; each one the broker took (it may refuse an earlier one and take
+        a later one, as the queue fills) has its delivery acked."""
+        self._check_open()
+        queued: list[bool] = []
+        window = min(_PUBLISH_WINDOW, self.maxsize or _PUBLISH_WINDOW)
+        now = time.monotonic()
+        while len(queued) < len(items):
+            batch = items[len(queued):len(queued) + window]
+            accepted = self._run(lambda ch, batch=batch: self._publish_batch(ch, batch, now), now)
+            queued += accepted
+            if not all(accepted):
+                break
+        queued += [False] * (len(items) - len(queued))
+        _ack_all([d for d, ok in zip(acks, queued) if ok])
+        return queued
+
     # -- consumer side ------------------------------------------------------------------
     def _on_delivery(self, generation: int, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
         """pika's consumer callback (dispatched by process_data_events, under the lock)."""

@@ -180,6 +180,24 @@ class BaseQueue:
             self._put(item, None if deadline is None else max(0.0, deadline - time.monotonic()))
         _ack_all(ack)
 
+    def offer_encoded(self, items: list[Any], acks: list[Delivery]) -> list[bool]:
+        """Queue each of *items* (made by :meth:`encode`) that there is room for now, without
+        waiting, and ack ``acks[i]`` (of any queue) once ``items[i]`` is queued; which ones
+        were queued. What was not queued is not acked, so the caller can wait for room and
+        put it later: the fetcher hands its pages over this way, one call per turn of its
+        event loop. Here the items go in order and the first that finds no room stops the
+        rest; a backend that can do better says so."""
+        queued: list[bool] = []
+        for item in items:
+            self._check_open()
+            try:
+                self._put(item, 0)
+            except QueueFull:
+                break
+            queued.append(True)
+        _ack_all(acks[:len(queued)])
+        return queued + [False] * (len(items) - len(queued))
+
     # -- consumer side -----------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Delivery:
         """Take a message to be acked later; raise QueueEmpty after *timeout* seconds.

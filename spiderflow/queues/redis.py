@@ -378,6 +378,18 @@ class RedisQueue(BaseQueue):
             delivery._settled = True
         source._forget(consumer, tags, len(tags) - found)
 
+    def offer_encoded(self, items: list[Any], acks: list[Delivery]) -> list[bool]:
+        """:meth:`BaseQueue.offer_encoded` as one :meth:`put_encoded`: all of them, pushed and
+        acked in one script call, or (no room for all) none; where the push went in parts,
+        the part that went (a prefix) is acked."""
+        try:
+            self.put_encoded(items, 0, ack=acks)
+        except QueueFull as exc:
+            sent = exc.sent or 0
+            _ack_all(acks[:sent])
+            return [True] * sent + [False] * (len(items) - sent)
+        return [True] * len(items)
+
     def mark(self) -> None:
         """Leave a mark that :meth:`marked` finds until Redis loses its data (a restart of a
         Redis that keeps nothing on disk, a FLUSHDB): the scheduler marks its out queue, so
