@@ -758,13 +758,18 @@ class Scheduler(NewTasks, Operations):
         # messages (they carry their pages' follows) queued or held. A message taken by a
         # consumer that died is invisible here, but the task it belongs to is still ACTIVE in
         # taskdb, which the check below reads before on_finished is sent.
-        pending_requests = bool(self._requests or self._requests_held or self._status_held) \
-            or self.newtask_queue.qsize() > 0 or self.status_queue.qsize() > 0
+        pending_requests: bool | None = None    # asked of the queues only for a project that looks drained
         postponed = {t.project for t in self._postponed}
         for p in projects:
             if not (p.selected_since_finished and p.schedulable and not p.waiting_info) \
-                    or pending_requests or p.name in postponed \
+                    or p.name in postponed \
                     or len(p.queue) or p.queue.processing_count or p.more or p.wake_at != math.inf:
+                p.drained_since = None
+                continue
+            if pending_requests is None:
+                pending_requests = bool(self._requests or self._requests_held or self._status_held) \
+                    or self.newtask_queue.qsize() > 0 or self.status_queue.qsize() > 0
+            if pending_requests:
                 p.drained_since = None
                 continue
             if p.drained_since is None:
