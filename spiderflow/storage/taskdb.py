@@ -173,11 +173,12 @@ class TaskDB(BaseDB):
         every task can be.
         """
         ins = [_task_values(t) for t in inserts]
-        updates = [_task_values(t) for t in updates]
-        ups = [values[2:] + values[:2] for values in updates]   # in _UPDATE_COLUMNS order
-        if not ins and not ups:
+        rows = [_task_values(t) for t in updates]
+        if not ins and not rows:
             return 0, 0
-        op = "write_many" if ins and ups else "insert_many" if ins else "update_many"
+        op = "write_many" if ins and rows else "insert_many" if ins else "update_many"
+        # the update's parameters: its columns, then its key (_UPDATE_COLUMNS order)
+        ups = [] if self._mysql_join else [values[2:] + values[:2] for values in rows]
         if self._sqlite:
             # straight to the driver: the per-row parameter handling of Connection.execute
             # and the per-transaction set-up cost more than the statements themselves
@@ -186,7 +187,7 @@ class TaskDB(BaseDB):
                 return (self._insert_plan.run(cursor, ins) if ins else 0), matched
         with self._write(op) as conn:
             if self._mysql_join:
-                matched = self._mysql_update(conn, updates) if ups else 0
+                matched = self._mysql_update(conn, rows) if rows else 0
             else:
                 matched = conn.execute(self._update_stmt, _dicts(_UPDATE_COLUMNS, ups)).rowcount if ups else 0
             return (conn.execute(self._insert_stmt, _dicts(_INSERT_COLUMNS, ins)).rowcount if ins else 0), matched
@@ -196,10 +197,7 @@ class TaskDB(BaseDB):
         chunk; returns the rows matched (the MySQL dialects connect with CLIENT.FOUND_ROWS).
 
         Where a batch names a task twice, the last row counts, as in an executemany."""
-        last: dict[tuple[str, str], tuple] = {}
-        for row in rows:
-            last.pop(row[:2], None)
-            last[row[:2]] = row
+        last = {row[:2]: row for row in rows}      # (project, taskid): its last row
         matched = 0
         chunk: list[tuple] = []
         size = 0
